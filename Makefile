@@ -1,0 +1,21 @@
+# The two commands of the README: `make serve` (the app, on the embedded PostgreSQL unless
+# DATABASE_URL is set) and `make test`. Both install what they need into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test bench install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+serve: install
+	$(BIN)/chatbuffer serve
+
+test: install
+	$(BIN)/pytest

@@ -1,0 +1,134 @@
+"""Settings from the environment: read once, checked at once, no I/O.
+
+The timing numbers here are defaults: operators override them live in the `buffer_settings` table
+(see supabase/migrations), and the database merges the two on every call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """The configuration is impossible; the message says which variable and why."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw} must be greater than 0")
+    if whole and not value.is_integer():
+        raise ConfigError(f"{name}={raw} must be a whole number")
+    return value
+
+
+def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful customer service assistant replying on WhatsApp. The customer may have sent "
+    "several short messages in a row: read them all and answer them together in one concise reply, "
+    "in the customer's language."
+)
+
+
+@dataclass(frozen=True)
+class BufferTiming:
+    """The debounce numbers, in the shape the SQL functions take as environment defaults."""
+
+    buffer_window_seconds: float = 30
+    buffer_max_age_seconds: float = 300
+    buffer_max_messages: int = 50
+    sweep_interval_seconds: float = 10
+    fallback_flush_messages: int = 2
+    fallback_flush_age_seconds: float = 5
+
+    def __post_init__(self) -> None:
+        if self.buffer_max_age_seconds <= self.buffer_window_seconds:
+            raise ConfigError(
+                f"BUFFER_MAX_AGE_SECONDS ({self.buffer_max_age_seconds:g}) must be greater than "
+                f"BUFFER_WINDOW_SECONDS ({self.buffer_window_seconds:g})"
+            )
+
+    def as_defaults(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4.1-mini"
+    openai_timeout_seconds: float = 30
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    chatwoot_base_url: str | None = None
+    chatwoot_api_token: str | None = field(default=None, repr=False)
+    chatwoot_webhook_secret: str | None = field(default=None, repr=False)
+    chatwoot_webhook_token: str | None = field(default=None, repr=False)
+    chatwoot_answer_statuses: frozenset[str] = frozenset({"pending"})
+    timing: BufferTiming = BufferTiming()
+    history_messages: int = 20
+    max_attempts: int = 5
+    retry_backoff_seconds: float = 10
+    lease_seconds: float = 90
+    sweep_concurrency: int = 8
+    sweep_loop_seconds: float = 50
+    fallback_pickup_limit: int = 5
+    sweeper_function_name: str | None = None
+    sweep_token: str | None = field(default=None, repr=False)
+    database_pool_size: int = 10
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= self.openai_timeout_seconds:
+            raise ConfigError(
+                f"LEASE_SECONDS ({self.lease_seconds:g}) must be greater than "
+                f"OPENAI_TIMEOUT_SECONDS ({self.openai_timeout_seconds:g}): a lease must outlive a model call"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        timing = BufferTiming(
+            buffer_window_seconds=_number(env, "BUFFER_WINDOW_SECONDS", 30),
+            buffer_max_age_seconds=_number(env, "BUFFER_MAX_AGE_SECONDS", 300),
+            buffer_max_messages=int(_number(env, "BUFFER_MAX_MESSAGES", 50, whole=True)),
+            sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 10),
+            fallback_flush_messages=int(_number(env, "FALLBACK_FLUSH_MESSAGES", 2, whole=True)),
+            fallback_flush_age_seconds=_number(env, "FALLBACK_FLUSH_AGE_SECONDS", 5),
+        )
+        statuses = _text(env, "CHATWOOT_ANSWER_STATUSES", "pending") or "pending"
+        return cls(
+            database_url=_text(env, "DATABASE_URL"),
+            openai_api_key=_text(env, "OPENAI_API_KEY"),
+            openai_base_url=_text(env, "OPENAI_BASE_URL"),
+            openai_model=_text(env, "OPENAI_MODEL", cls.openai_model) or cls.openai_model,
+            openai_timeout_seconds=_number(env, "OPENAI_TIMEOUT_SECONDS", 30),
+            system_prompt=_text(env, "SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT) or DEFAULT_SYSTEM_PROMPT,
+            chatwoot_base_url=(_text(env, "CHATWOOT_BASE_URL") or "").rstrip("/") or None,
+            chatwoot_api_token=_text(env, "CHATWOOT_API_TOKEN"),
+            chatwoot_webhook_secret=_text(env, "CHATWOOT_WEBHOOK_SECRET"),
+            chatwoot_webhook_token=_text(env, "CHATWOOT_WEBHOOK_TOKEN"),
+            chatwoot_answer_statuses=frozenset(s.strip() for s in statuses.split(",") if s.strip()),
+            timing=timing,
+            history_messages=int(_number(env, "HISTORY_MESSAGES", 20, whole=True)),
+            max_attempts=int(_number(env, "MAX_ATTEMPTS", 5, whole=True)),
+            retry_backoff_seconds=_number(env, "RETRY_BACKOFF_SECONDS", 10),
+            lease_seconds=_number(env, "LEASE_SECONDS", 90),
+            sweep_concurrency=int(_number(env, "SWEEP_CONCURRENCY", 8, whole=True)),
+            sweep_loop_seconds=_number(env, "SWEEP_LOOP_SECONDS", 50),
+            fallback_pickup_limit=int(_number(env, "FALLBACK_PICKUP_LIMIT", 5, whole=True)),
+            sweeper_function_name=_text(env, "SWEEPER_FUNCTION_NAME"),
+            sweep_token=_text(env, "SWEEP_TOKEN"),
+            database_pool_size=int(_number(env, "DATABASE_POOL_SIZE", 10, whole=True)),
+        )

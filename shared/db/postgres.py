@@ -1,0 +1,85 @@
+"""Connector over a direct PostgreSQL connection (asyncpg), for serve, tests and benchmarks.
+
+The pool is created lazily on first use, inside the running event loop: a Lambda container keeps
+it across invocations, and nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Mapping
+
+import asyncpg
+
+from shared.db.errors import StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# Connection-level failures worth one more try on a fresh connection: a Lambda container thawed
+# after minutes may hold sockets the server has since closed.
+_RETRYABLE = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def call_sql(function: str, names: tuple[str, ...]) -> str:
+    """`select * from public.fn(p_a => $1, ...)`: named arguments, as PostgREST calls them too."""
+    args = ", ".join(f"{name} => ${i}" for i, name in enumerate(names, start=1))
+    return f"select * from public.{function}({args})"
+
+
+class PostgresConnector:
+    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 5) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock: asyncio.Lock | None = None
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool_lock = self._pool_lock or asyncio.Lock()
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        timeout=self._connect_timeout,
+                        init=_init_connection,
+                        max_inactive_connection_lifetime=240,
+                    )
+        return self._pool
+
+    async def call(self, function: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        sql = call_sql(function, tuple(params))
+        for attempt in (1, 2):
+            try:
+                pool = await self._get_pool()
+                rows = await pool.fetch(sql, *params.values())
+                return [dict(row) for row in rows]
+            except asyncpg.PostgresError as exc:
+                detail = f": {exc.detail}" if getattr(exc, "detail", None) else ""
+                raise StoreError(f"{function}: {exc}{detail}", code=exc.sqlstate) from exc
+            except _RETRYABLE as exc:
+                if attempt == 2:
+                    raise StoreUnavailable(f"{function}: database unreachable: {exc}") from exc
+                log.warning("database connection lost during %s, retrying once: %s", function, exc)
+                await asyncio.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()

@@ -1,0 +1,105 @@
+"""BufferStore: every state change of a buffer, each one call to one SQL function.
+
+The SQL functions in supabase/migrations do the atomic work; this class only names the calls and
+turns rows into the project's types. A Connector carries a call to the database: directly over
+PostgreSQL (shared/db/postgres.py) or, later, through Supabase's PostgREST.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+from shared.config import BufferTiming
+from shared.models import ClaimedBuffer, InboundMessage, IngestResult, PromptTurn, RuntimeConfig
+
+
+class Connector(Protocol):
+    async def call(self, function: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run `public.<function>(name => value, ...)` and return its rows."""
+
+    async def close(self) -> None: ...
+
+
+class BufferStore:
+    def __init__(self, connector: Connector, timing: BufferTiming) -> None:
+        self._connector = connector
+        self._defaults = timing.as_defaults()
+
+    async def close(self) -> None:
+        await self._connector.close()
+
+    async def ingest(self, message: InboundMessage) -> IngestResult:
+        rows = await self._connector.call(
+            "ingest_message",
+            {
+                "p_channel": message.channel,
+                "p_account_id": message.account_id,
+                "p_conversation_id": message.conversation_id,
+                "p_external_id": message.external_id,
+                "p_content": message.content,
+                "p_attachments": list(message.attachments),
+                "p_sent_at": message.sent_at,
+                "p_defaults": self._defaults,
+            },
+        )
+        return IngestResult.from_row(rows[0])
+
+    async def claim_due_buffers(
+        self, limit: int, lease_seconds: float, prefer_ids: Sequence[int] = ()
+    ) -> list[ClaimedBuffer]:
+        rows = await self._connector.call(
+            "claim_due_buffers",
+            {"p_limit": limit, "p_lease_seconds": lease_seconds, "p_prefer_ids": list(prefer_ids)},
+        )
+        return [ClaimedBuffer.from_row(row) for row in rows]
+
+    async def buffer_prompt(self, buffer_id: int, history_limit: int) -> list[PromptTurn]:
+        rows = await self._connector.call(
+            "buffer_prompt", {"p_buffer_id": buffer_id, "p_history_limit": history_limit}
+        )
+        return [PromptTurn.from_row(row) for row in rows]
+
+    async def extend_lease(self, buffer: ClaimedBuffer, lease_seconds: float) -> bool:
+        rows = await self._connector.call(
+            "extend_lease",
+            {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_lease_seconds": lease_seconds},
+        )
+        return bool(rows[0]["extended"])
+
+    async def complete_buffer(self, buffer: ClaimedBuffer, reply: str) -> bool:
+        rows = await self._connector.call(
+            "complete_buffer",
+            {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_reply": reply},
+        )
+        return bool(rows[0]["completed"])
+
+    async def fail_buffer(
+        self, buffer: ClaimedBuffer, error: str, *, max_attempts: int, backoff_seconds: float,
+        reply_draft: str | None = None,
+    ) -> str | None:
+        """Record a failed attempt; returns the new status ('processing' = will retry, 'failed')."""
+        rows = await self._connector.call(
+            "fail_buffer",
+            {
+                "p_buffer_id": buffer.buffer_id,
+                "p_lease_token": buffer.lease_token,
+                "p_error": error,
+                "p_max_attempts": max_attempts,
+                "p_backoff_seconds": backoff_seconds,
+                "p_reply_draft": reply_draft,
+            },
+        )
+        return rows[0]["status"] if rows else None
+
+    async def reclaim_expired_leases(self, max_attempts: int) -> list[tuple[int, str]]:
+        rows = await self._connector.call("reclaim_expired_leases", {"p_max_attempts": max_attempts})
+        return [(int(row["buffer_id"]), row["status"]) for row in rows]
+
+    async def seconds_until_next_due(self) -> float | None:
+        rows = await self._connector.call("seconds_until_next_due", {})
+        seconds = rows[0]["seconds"] if rows else None
+        return None if seconds is None else float(seconds)
+
+    async def runtime_config(self) -> RuntimeConfig:
+        rows = await self._connector.call("runtime_config", {"p_defaults": self._defaults})
+        return RuntimeConfig.from_row(rows[0])

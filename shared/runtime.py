@@ -1,0 +1,124 @@
+"""The process's long-lived parts, each built once on first use (no I/O or heavy import before).
+
+A Lambda container keeps one Runtime across invocations; tests build their own with fakes on the
+far side of HTTP. The webhook only ever touches `store` and `dispatcher`, so the model SDK and the
+HTTP client are never imported on its path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from shared.config import ConfigError, Settings
+from shared.db.store import BufferStore, Connector
+
+if TYPE_CHECKING:
+    from shared.dispatch import Dispatcher
+    from shared.llm import Responder
+    from shared.processing import BufferProcessor, Outbox
+    from shared.sweep import Sweeper
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, *, connector: Connector | None = None,
+        responder: Responder | None = None, outbox: Outbox | None = None,
+        openai_http_client: Any = None,
+    ) -> None:
+        self.settings = settings
+        self._connector = connector
+        self._responder = responder
+        self._outbox = outbox
+        self._openai_http_client = openai_http_client
+        self._http: Any = None
+
+    @cached_property
+    def store(self) -> BufferStore:
+        connector = self._connector
+        if connector is None:
+            if not self.settings.database_url:
+                raise ConfigError("DATABASE_URL is not set")
+            from shared.db.postgres import PostgresConnector
+
+            connector = PostgresConnector(self.settings.database_url, pool_size=self.settings.database_pool_size)
+        return BufferStore(connector, self.settings.timing)
+
+    @cached_property
+    def responder(self) -> Responder:
+        if self._responder is not None:
+            return self._responder
+        s = self.settings
+        if not s.openai_api_key:
+            from shared.llm import OfflinePlaceholderResponder
+
+            log.warning("OPENAI_API_KEY is not set: replies come from the OFFLINE PLACEHOLDER responder, not a model")
+            return OfflinePlaceholderResponder()
+        from shared.llm import OpenAIResponder
+
+        return OpenAIResponder(
+            api_key=s.openai_api_key, model=s.openai_model, system_prompt=s.system_prompt,
+            base_url=s.openai_base_url, timeout=s.openai_timeout_seconds, http_client=self._openai_http_client,
+        )
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        if self._outbox is not None:
+            return self._outbox
+        s = self.settings
+        if not (s.chatwoot_base_url and s.chatwoot_api_token):
+            from shared.processing import ConsoleOutbox
+
+            log.warning("CHATWOOT_BASE_URL/CHATWOOT_API_TOKEN not set: replies are printed to this "
+                        "console and kept in message_buffer.reply_content, not sent to Chatwoot")
+            return ConsoleOutbox()
+        import httpx
+
+        from shared.channels.chatwoot import ChatwootClient
+
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        return ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, self._http)
+
+    @cached_property
+    def processor(self) -> BufferProcessor:
+        from shared.processing import BufferProcessor
+
+        s = self.settings
+        return BufferProcessor(
+            self.store, self.responder, self.outbox, history_messages=s.history_messages,
+            lease_seconds=s.lease_seconds, max_attempts=s.max_attempts, retry_backoff_seconds=s.retry_backoff_seconds,
+        )
+
+    def new_sweeper(self) -> Sweeper:
+        from shared.sweep import Sweeper
+
+        s = self.settings
+        return Sweeper(self.store, self.processor, concurrency=s.sweep_concurrency,
+                       lease_seconds=s.lease_seconds, max_attempts=s.max_attempts)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        if self.settings.sweeper_function_name and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            from shared.dispatch import LambdaDispatcher
+
+            return LambdaDispatcher(self.settings.sweeper_function_name)
+        from shared.dispatch import InProcessDispatcher
+
+        return InProcessDispatcher(self.fallback_pass)
+
+    async def fallback_pass(self, buffer_ids: Any) -> object:
+        """The pass a fallback flush triggers: the flushed buffers first, then a few others due."""
+        limit = len(buffer_ids) + self.settings.fallback_pickup_limit
+        return await self.new_sweeper().run_once(prefer_ids=buffer_ids, limit=limit)
+
+    async def close(self) -> None:
+        if "store" in self.__dict__:
+            await self.store.close()
+        if "responder" in self.__dict__:
+            await self.responder.close()
+        if self._http is not None:
+            await self._http.aclose()

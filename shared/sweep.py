@@ -1,0 +1,146 @@
+"""Where a waiting buffer is claimed: sweep passes that claim what is due and process it.
+
+One Sweeper serves every host: `chatbuffer sweep --once` and the fallback run one pass; the Lambda
+sweeper runs passes for ~50 s per EventBridge tick; `chatbuffer serve` runs them forever. Between
+passes it sleeps only until the earliest due buffer (at most SWEEP_INTERVAL_SECONDS), and a local
+ingest can wake it early. Racing sweepers are safe: the claim is atomic in SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Sequence
+
+from shared.db.errors import StoreError
+from shared.db.store import BufferStore
+from shared.models import ClaimedBuffer, RuntimeConfig
+from shared.processing import BufferProcessor
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(
+        self, store: BufferStore, processor: BufferProcessor, *,
+        concurrency: int, lease_seconds: float, max_attempts: int,
+    ) -> None:
+        self._store = store
+        self._processor = processor
+        self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
+        self._max_attempts = max_attempts
+        self._tasks: set[asyncio.Task[str]] = set()
+        self._wake: asyncio.Event | None = None
+        self._sleeping_until = float("inf")
+        self._stopping = False
+        self.outcomes: Counter[str] = Counter()
+
+    def wake(self) -> None:
+        """Ask a sleeping sweep loop to look again now."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def note_due(self, seconds: float) -> None:
+        """A buffer becomes due in `seconds`: wake earlier than planned if that is sooner."""
+        if time.monotonic() + seconds < self._sleeping_until:
+            self.wake()
+
+    def stop(self) -> None:
+        """End a running loop after its current pass; work in flight still finishes."""
+        self._stopping = True
+        self.wake()
+
+    async def run_once(self, prefer_ids: Sequence[int] = (), limit: int | None = None) -> Counter[str]:
+        """One pass: claim what is due (at most `limit`), process it all, return the outcomes."""
+        config = await self._prepare()
+        await self._claim_and_start(config, prefer_ids, limit)
+        await self._drain()
+        return self.outcomes
+
+    async def run_until(self, deadline: float) -> Counter[str]:
+        """Sweep until the monotonic `deadline`, then let work in flight finish."""
+        self._wake = asyncio.Event()
+        try:
+            while not self._stopping and time.monotonic() < deadline:
+                try:
+                    config = await self._prepare()  # flags and settings re-read every pass
+                    slots_filled = await self._claim_and_start(config)
+                    pause = await self._pause(config, slots_filled)
+                except StoreError:
+                    log.exception("sweep pass failed; trying again shortly")
+                    pause = 1.0
+                await self._sleep(min(pause, deadline - time.monotonic()))
+        finally:
+            await self._drain()
+        return self.outcomes
+
+    async def _prepare(self) -> RuntimeConfig:
+        config = await self._store.runtime_config()
+        if config.settings_error:
+            log.error("%s", config.settings_error)
+        for buffer_id, status in await self._store.reclaim_expired_leases(self._max_attempts):
+            log.warning("buffer %s: lease expired, now %s", buffer_id, status)
+        return config
+
+    async def _claim_and_start(
+        self, config: RuntimeConfig, prefer_ids: Sequence[int] = (), limit: int | None = None
+    ) -> bool:
+        """Claim into free slots until nothing more is due; True if it stopped for lack of slots."""
+        budget = float("inf") if limit is None else limit
+        while budget > 0:
+            free = int(min(self._concurrency - len(self._tasks), budget))
+            if free <= 0:
+                if limit is None:
+                    return True
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            claimed = await self._store.claim_due_buffers(free, self._lease_seconds, prefer_ids)
+            for buffer in claimed:
+                self._start(buffer, config)
+            budget -= len(claimed)
+            if len(claimed) < free:
+                return False
+        return False
+
+    def _start(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> None:
+        task = asyncio.create_task(self._processor.process(buffer, config), name=f"buffer-{buffer.buffer_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[str]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        outcome = "crashed" if task.exception() else task.result()
+        if task.exception():
+            log.error("processing crashed: %r", task.exception())
+        self.outcomes[outcome] += 1
+        if self._wake is not None:
+            self._wake.set()  # a slot is free: a backlog can move on
+
+    async def _pause(self, config: RuntimeConfig, slots_filled: bool) -> float:
+        if slots_filled:
+            return config.sweep_interval_seconds  # woken as soon as a slot frees
+        seconds = await self._store.seconds_until_next_due()
+        if seconds is None:
+            return config.sweep_interval_seconds
+        return min(seconds, config.sweep_interval_seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._wake is not None
+        if seconds > 0 and not self._wake.is_set():
+            self._sleeping_until = time.monotonic() + seconds
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            except TimeoutError:
+                pass
+            finally:
+                self._sleeping_until = float("inf")
+        self._wake.clear()
+
+    async def _drain(self) -> None:
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))

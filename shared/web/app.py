@@ -1,0 +1,154 @@
+"""The HTTP surface: where a message enters.
+
+POST /webhooks/chatwoot verifies, parses and stores in one database call, and answers at once:
+Chatwoot waits 5 s, and an agent-bot delivery that fails or times out hands the customer to a
+human. No model or outbound call ever runs inside the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from shared.channels import chatwoot
+from shared.config import ConfigError, Settings
+from shared.db.errors import StoreError
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1_000_000
+
+
+class BodyTooLarge(Exception):
+    """The request body is over 1 MB."""
+
+
+def _reply(status: int, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+def _authenticate(settings: Settings, request: Request, body: bytes) -> None:
+    if settings.chatwoot_webhook_secret:
+        chatwoot.verify_signature(
+            settings.chatwoot_webhook_secret,
+            request.headers.get("x-chatwoot-timestamp"),
+            request.headers.get("x-chatwoot-signature"),
+            body,
+            now=time.time(),
+        )
+    elif settings.chatwoot_webhook_token:
+        chatwoot.verify_token(settings.chatwoot_webhook_token, request.query_params.get("token"))
+
+
+def _warn_if_open(settings: Settings) -> None:
+    if not (settings.chatwoot_webhook_secret or settings.chatwoot_webhook_token):
+        log.warning("!!! NEITHER CHATWOOT_WEBHOOK_SECRET NOR CHATWOOT_WEBHOOK_TOKEN IS SET: "
+                    "/webhooks/chatwoot accepts unauthenticated requests from anyone !!!")
+
+
+def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> FastAPI:
+    """The ASGI app. With run_sweeper (chatbuffer serve), a sweep loop runs inside the process."""
+    runtime = runtime or Runtime(Settings.from_env())
+    settings = runtime.settings
+    _warn_if_open(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = runtime.new_sweeper() if run_sweeper else None
+        task = asyncio.create_task(sweeper.run_until(float("inf"))) if sweeper else None
+        app.state.sweeper = sweeper
+        try:
+            yield
+        finally:
+            if sweeper and task:
+                sweeper.stop()
+                await task
+            await runtime.close()
+
+    app = FastAPI(title="chatbuffer", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+    app.state.sweeper = None
+
+    # Handlers return Response objects: a typed return would make FastAPI build a response model,
+    # which imports pydantic.v1 and costs ~30 ms of cold start.
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return _reply(200, status="ok")
+
+    @app.post("/webhooks/chatwoot")
+    async def chatwoot_webhook(request: Request) -> JSONResponse:
+        try:
+            body = await _read_body(request)
+        except BodyTooLarge:
+            return _reply(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            _authenticate(settings, request, body)
+        except chatwoot.BadSignature as exc:
+            log.warning("chatwoot webhook refused: %s", exc)
+            return _reply(401, error=str(exc))
+        try:
+            parsed = chatwoot.parse_event(body, settings.chatwoot_answer_statuses)
+        except chatwoot.BadPayload as exc:
+            return _reply(400, error=str(exc))
+        if isinstance(parsed, chatwoot.Ignored):
+            return _reply(200, status="ignored", reason=parsed.reason)
+        try:
+            result = await runtime.store.ingest(parsed)
+        except (StoreError, ConfigError) as exc:
+            # 500 makes Chatwoot retry the delivery (it retries agent bots on 429 and 500 only).
+            log.error("ingest failed: %s", exc)
+            return _reply(500, error="could not store the message; retry")
+        if result.settings_error:
+            log.error("%s", result.settings_error)
+        if not result.accepted:
+            return _reply(200, status="duplicate", buffer_id=result.buffer_id)
+        await _after_ingest(request.app, runtime, result)
+        return _reply(200, status="buffered", buffer_id=result.buffer_id, flush_now=result.flush_now)
+
+    @app.post("/sweep", status_code=202)
+    async def sweep(request: Request) -> JSONResponse:
+        """For an external cron (pg_cron + pg_net, a crontab): run a sweep pass off the request."""
+        expected = settings.sweep_token
+        if not expected:
+            return _reply(403, error="set SWEEP_TOKEN to enable /sweep")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        try:
+            chatwoot.verify_token(expected, given)
+        except chatwoot.BadSignature:
+            return _reply(401, error="missing or wrong bearer token")
+        await runtime.dispatcher.dispatch([])
+        return _reply(202, status="sweep started")
+
+    return app
+
+
+async def _after_ingest(app: FastAPI, runtime: Runtime, result: Any) -> None:
+    """Get due work moving: wake the local sweep loop, or, with no scheduler, dispatch a pass."""
+    sweeper = app.state.sweeper
+    if sweeper is not None and result.due_at is not None:
+        sweeper.note_due((result.due_at - datetime.now(timezone.utc)).total_seconds())
+    if result.flush_now or result.others_due:
+        try:
+            await runtime.dispatcher.dispatch([result.buffer_id] if result.flush_now else [])
+        except Exception:  # stored already: a later webhook or sweep will still answer it
+            log.exception("fallback dispatch failed for buffer %s", result.buffer_id)

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+
+from shared.channels.chatwoot import sign
+from shared.config import BufferTiming, Settings
+from shared.db.postgres import PostgresConnector
+from shared.db.store import BufferStore
+from tests.support.database import DatabaseFactory, server_dsn
+from tests.support.far_side import FarSide, start_far_side
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WEBHOOK_SECRET = "test-webhook-secret"
+
+FAST_TIMING = BufferTiming(buffer_window_seconds=0.3, buffer_max_age_seconds=3, buffer_max_messages=50,
+                           sweep_interval_seconds=0.2, fallback_flush_messages=2, fallback_flush_age_seconds=1)
+
+
+def chatwoot_fixture(name: str) -> dict[str, Any]:
+    """A captured Chatwoot 4.13 payload from tests/fixtures/chatwoot."""
+    return json.loads((FIXTURES / "chatwoot" / f"{name}.json").read_text())
+
+
+def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> dict[str, str]:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    return {"content-type": "application/json", "x-chatwoot-timestamp": ts,
+            "x-chatwoot-signature": sign(secret, ts, body)}
+
+
+def incoming(message_id: int, content: str | None, conversation_id: int = 431, **overrides: Any) -> dict[str, Any]:
+    """The shared incoming-text fixture with a new message id, text and conversation."""
+    payload = chatwoot_fixture("message_created_incoming_text")
+    payload.update(id=message_id, content=content, **overrides)
+    payload["conversation"] = {**payload["conversation"], "id": conversation_id}
+    return payload
+
+
+@pytest.fixture(scope="session")
+async def databases() -> AsyncIterator[DatabaseFactory]:
+    factory = DatabaseFactory(server_dsn())
+    await factory.build_template()
+    yield factory
+    await factory.drop_all()
+
+
+@pytest.fixture
+async def database_url(databases: DatabaseFactory) -> AsyncIterator[str]:
+    dsn = await databases.fresh()
+    yield dsn
+    await databases.drop(dsn)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[BufferStore]:
+    store = BufferStore(PostgresConnector(database_url), FAST_TIMING)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def far_side_server() -> Iterator[FarSide]:
+    far, server = start_far_side()
+    yield far
+    server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def far_side(far_side_server: FarSide) -> FarSide:
+    far = far_side_server
+    with far.lock:
+        far.completions.clear()
+        far.replies.clear()
+        far.typing.clear()
+        far.fail_completions = far.fail_replies = 0
+        far.openai_latency = far.chatwoot_latency = 0
+    return far
+
+
+@pytest.fixture
+def settings(database_url: str, far_side: FarSide) -> Settings:
+    return Settings(
+        database_url=database_url,
+        openai_api_key="test-openai-key",
+        openai_base_url=f"{far_side.url}/v1",
+        openai_model="fake-model",
+        chatwoot_base_url=far_side.url,
+        chatwoot_api_token="test-chatwoot-token",
+        chatwoot_webhook_secret=WEBHOOK_SECRET,
+        timing=FAST_TIMING,
+        retry_backoff_seconds=0.1,
+        max_attempts=3,
+        lease_seconds=40,
+        sweep_token="test-sweep-token",
+    )

@@ -1,0 +1,258 @@
+"""The SQL functions' semantics, on a real PostgreSQL, through the store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.db.errors import StoreError
+from shared.db.store import BufferStore
+from shared.models import InboundMessage
+from tests.conftest import FAST_TIMING
+from tests.support.sql import buffers, execute, fetch, make_due, set_flag
+
+WINDOW = timedelta(seconds=FAST_TIMING.buffer_window_seconds)
+MAX_AGE = timedelta(seconds=FAST_TIMING.buffer_max_age_seconds)
+
+
+def msg(external_id: str, content: str = "hi", conversation: str = "431", account: str = "3") -> InboundMessage:
+    return InboundMessage("chatwoot", account, conversation, external_id, content)
+
+
+async def test_burst_collects_in_one_buffer_with_sliding_window(store: BufferStore, database_url: str) -> None:
+    results = [await store.ingest(msg(f"m{i}", f"part {i}")) for i in range(3)]
+    assert {r.buffer_id for r in results} == {results[0].buffer_id}
+    assert [r.message_count for r in results] == [1, 2, 3]
+    (row,) = await buffers(database_url)
+    assert row["status"] == "active" and row["message_count"] == 3
+    assert row["due_at"] == row["last_message_at"] + WINDOW  # pushed by the last message
+    assert not any(r.flush_now for r in results)
+
+
+async def test_redelivery_is_a_no_op(store: BufferStore, database_url: str) -> None:
+    first = await store.ingest(msg("m1", "original"))
+    again = await store.ingest(msg("m1", "changed text, same id"))
+    assert again.accepted is False and again.buffer_id == first.buffer_id
+    rows = await fetch(database_url, "select content from public.buffered_messages")
+    assert rows == [{"content": "original"}]
+    assert (await buffers(database_url))[0]["message_count"] == 1
+
+
+async def test_same_external_id_in_another_account_is_another_message(store: BufferStore) -> None:
+    a = await store.ingest(msg("m1", account="3"))
+    b = await store.ingest(msg("m1", account="4"))
+    assert b.accepted and a.buffer_id != b.buffer_id
+
+
+async def test_max_age_caps_the_window(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1"))
+    await execute(database_url, "update public.message_buffer set first_message_at = now() - interval '2.9 seconds'")
+    await store.ingest(msg("m2"))
+    (row,) = await buffers(database_url)
+    assert row["due_at"] == row["first_message_at"] + MAX_AGE
+    assert row["due_at"] < row["last_message_at"] + WINDOW
+
+
+async def test_max_count_closes_the_buffer_at_once(store: BufferStore, database_url: str) -> None:
+    await execute(database_url, "update public.buffer_settings set setting_value = 3 where setting_name = 'buffer_max_messages'")
+    results = [await store.ingest(msg(f"m{i}")) for i in range(4)]
+    assert results[2].due_at is not None and results[2].message_count == 3
+    rows = await buffers(database_url)
+    assert [r["message_count"] for r in rows] == [3, 1]  # the 4th opened a new buffer
+    assert rows[0]["due_at"] <= rows[0]["last_message_at"]
+
+
+async def test_message_while_processing_opens_a_new_buffer(store: BufferStore, database_url: str) -> None:
+    first = await store.ingest(msg("m1"))
+    await make_due(database_url)
+    (claimed,) = await store.claim_due_buffers(10, 30)
+    later = await store.ingest(msg("m2"))
+    assert later.buffer_id != first.buffer_id == claimed.buffer_id
+    await make_due(database_url)
+    # The newer buffer waits until the conversation's older one is finished: replies keep order.
+    assert await store.claim_due_buffers(10, 30) == []
+    assert await store.complete_buffer(claimed, "reply one")
+    (second,) = await store.claim_due_buffers(10, 30)
+    assert second.buffer_id == later.buffer_id
+
+
+async def test_prompt_has_history_and_burst_in_order(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1", "Hola"))
+    await store.ingest(msg("m2", "¿envíos?"))
+    await make_due(database_url)
+    (first,) = await store.claim_due_buffers(10, 30)
+    await store.complete_buffer(first, "Sí, enviamos.")
+    await store.ingest(msg("m3", "¿y a Monterrey?"))
+    await store.ingest(msg("other", "another conversation", conversation="999"))
+    await make_due(database_url)
+    claimed = {b.conversation_id: b for b in await store.claim_due_buffers(10, 30)}
+    turns = await store.buffer_prompt(claimed["431"].buffer_id, 10)
+    assert [(t.role, t.content, t.in_burst) for t in turns] == [
+        ("user", "Hola", False), ("user", "¿envíos?", False), ("assistant", "Sí, enviamos.", False),
+        ("user", "¿y a Monterrey?", True)]
+    trimmed = await store.buffer_prompt(claimed["431"].buffer_id, 1)
+    assert [t.content for t in trimmed] == ["Sí, enviamos.", "¿y a Monterrey?"]
+
+
+async def test_burst_is_ordered_by_platform_time_not_arrival(store: BufferStore, database_url: str) -> None:
+    from datetime import datetime, timezone
+
+    late = datetime(2026, 4, 20, 15, 2, 20, tzinfo=timezone.utc)
+    early = datetime(2026, 4, 20, 15, 2, 10, tzinfo=timezone.utc)
+    await store.ingest(InboundMessage("chatwoot", "3", "431", "b", "second", sent_at=late))
+    await store.ingest(InboundMessage("chatwoot", "3", "431", "a", "first", sent_at=early))
+    await make_due(database_url)
+    (buffer,) = await store.claim_due_buffers(10, 30)
+    assert [t.content for t in await store.buffer_prompt(buffer.buffer_id, 10)] == ["first", "second"]
+
+
+async def test_failure_retries_with_backoff_then_fails_for_good(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1"))
+    statuses = []
+    for attempt in range(1, 4):
+        await make_due(database_url)
+        (buffer,) = await store.claim_due_buffers(10, 30)
+        assert buffer.attempts == attempt
+        statuses.append(await store.fail_buffer(buffer, f"boom {attempt}", max_attempts=3,
+                                                backoff_seconds=60, reply_draft="draft"))
+        if attempt == 1:
+            (row,) = await buffers(database_url)
+            assert row["due_at"] - row["last_message_at"] > timedelta(seconds=55)  # waiting out the backoff
+            assert await store.claim_due_buffers(10, 30) == []
+    assert statuses == ["processing", "processing", "failed"]
+    (row,) = await buffers(database_url)
+    assert row["status"] == "failed" and row["last_error"] == "boom 3" and row["reply_content"] == "draft"
+
+
+async def test_retry_keeps_the_generated_reply(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1"))
+    await make_due(database_url)
+    (buffer,) = await store.claim_due_buffers(10, 30)
+    await store.fail_buffer(buffer, "chatwoot 500", max_attempts=3, backoff_seconds=0.01, reply_draft="the reply")
+    await make_due(database_url)
+    (again,) = await store.claim_due_buffers(10, 30)
+    assert again.reply_draft == "the reply"
+
+
+async def test_stale_lease_cannot_extend_complete_or_fail(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1"))
+    await make_due(database_url)
+    (buffer,) = await store.claim_due_buffers(10, 30)
+    await execute(database_url, "update public.message_buffer set lease_expires_at = now() - interval '1 second'")
+    assert await store.reclaim_expired_leases(max_attempts=3) == [(buffer.buffer_id, "processing")]
+    (taken_over,) = await store.claim_due_buffers(10, 30)
+    assert taken_over.attempts == 2
+    assert not await store.extend_lease(buffer, 30)
+    assert not await store.complete_buffer(buffer, "late reply")
+    assert await store.fail_buffer(buffer, "late", max_attempts=3, backoff_seconds=1) is None
+    assert await store.complete_buffer(taken_over, "reply")
+    (row,) = await buffers(database_url)
+    assert row["status"] == "completed" and row["reply_content"] == "reply"
+
+
+async def test_expired_lease_on_last_attempt_fails(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1"))
+    await make_due(database_url)
+    await store.claim_due_buffers(10, 30)
+    await execute(database_url, "update public.message_buffer set lease_expires_at = now() - interval '1 second'")
+    (reclaimed,) = await store.reclaim_expired_leases(max_attempts=1)
+    assert reclaimed[1] == "failed"
+    (row,) = await buffers(database_url)
+    assert "lease expired" in row["last_error"]
+
+
+async def test_seconds_until_next_due(store: BufferStore, database_url: str) -> None:
+    assert await store.seconds_until_next_due() is None
+    await store.ingest(msg("m1"))
+    seconds = await store.seconds_until_next_due()
+    assert seconds is not None and 0 < seconds <= FAST_TIMING.buffer_window_seconds
+    await make_due(database_url)
+    assert await store.seconds_until_next_due() == 0
+
+
+async def test_buffering_off_answers_each_message_alone(store: BufferStore, database_url: str) -> None:
+    await set_flag(database_url, "message_buffering", False)
+    a = await store.ingest(msg("m1"))
+    b = await store.ingest(msg("m2"))
+    assert a.buffer_id != b.buffer_id
+    assert a.flush_now is False  # the scheduler is on: it picks them up, the webhook need not
+    claimed = await store.claim_due_buffers(10, 30)
+    assert [c.buffer_id for c in claimed] == [a.buffer_id]  # one at a time per conversation
+    assert claimed[0].message_count == 1
+
+
+async def test_fallback_count_or_age(store: BufferStore, database_url: str) -> None:
+    # A window longer than the fallback age, so the age rule is what sets the due time.
+    await execute(database_url, "update public.buffer_settings set setting_value = 2 where setting_name = 'buffer_window_seconds'")
+    await set_flag(database_url, "buffer_sweeper", False)
+    first = await store.ingest(msg("m1"))
+    assert not first.flush_now
+    assert first.due_at is not None
+    second = await store.ingest(msg("m2"))
+    assert second.flush_now and second.buffer_id == first.buffer_id  # 2 messages: flush now
+    lone = await store.ingest(msg("x1", conversation="77"))
+    (row,) = [r for r in await buffers(database_url) if r["id"] == lone.buffer_id]
+    assert row["due_at"] == row["first_message_at"] + timedelta(seconds=FAST_TIMING.fallback_flush_age_seconds)
+    assert lone.others_due  # the flushed buffer of conversation 431 waits for a pass
+
+
+async def test_fallback_age_rule_on_arrival(store: BufferStore, database_url: str) -> None:
+    await execute(database_url, "update public.buffer_settings set setting_value = 5 where setting_name = 'fallback_flush_messages'")
+    await set_flag(database_url, "buffer_sweeper", False)
+    await store.ingest(msg("m1"))
+    await execute(database_url, "update public.message_buffer set first_message_at = now() - interval '1.5 seconds',"
+                                " due_at = now() + interval '1 hour'")
+    later = await store.ingest(msg("m2"))
+    assert later.flush_now  # older than FALLBACK_FLUSH_AGE_SECONDS: flushed on arrival
+
+
+async def test_settings_table_wins_over_environment(store: BufferStore, database_url: str) -> None:
+    await execute(database_url, "update public.buffer_settings set setting_value = 2 where setting_name = 'buffer_window_seconds'")
+    result = await store.ingest(msg("m1"))
+    (row,) = await buffers(database_url)
+    assert row["due_at"] == row["last_message_at"] + timedelta(seconds=2)
+    assert result.settings_error is None
+    config = await store.runtime_config()
+    assert config.sweep_interval_seconds == FAST_TIMING.sweep_interval_seconds
+
+
+@pytest.mark.parametrize(
+    ("updates", "error"),
+    [
+        ({"buffer_window_seconds": -1}, "check"),
+        ({"buffer_window_seconds": 0}, "check"),
+        ({"buffer_window_seconds": 60, "buffer_max_age_seconds": 30}, "max_age"),
+        ({"buffer_max_messages": 2.5}, "whole"),
+    ],
+)
+async def test_impossible_settings_are_refused_on_save(database_url: str, updates: dict, error: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(asyncpg.PostgresError, match=error):
+            async with conn.transaction():
+                for name, value in updates.items():
+                    await conn.execute("update public.buffer_settings set setting_value = $2 where setting_name = $1",
+                                       name, value)
+        rows = await conn.fetch("select setting_value from public.buffer_settings where setting_value is not null")
+        assert rows == []  # nothing changed
+    finally:
+        await conn.close()
+
+
+async def test_table_value_impossible_with_environment_is_not_used(store: BufferStore, database_url: str) -> None:
+    # Valid alone (window 10 s), impossible with the environment's max age (3 s): refused loudly.
+    await execute(database_url, "update public.buffer_settings set setting_value = 10 where setting_name = 'buffer_window_seconds'")
+    result = await store.ingest(msg("m1"))
+    assert result.settings_error and "buffer_max_age_seconds must be greater" in result.settings_error
+    (row,) = await buffers(database_url)
+    assert row["due_at"] == row["last_message_at"] + WINDOW  # the environment's values stood
+    assert (await store.runtime_config()).settings_error == result.settings_error
+
+
+async def test_database_errors_become_store_errors(store: BufferStore) -> None:
+    with pytest.raises(StoreError) as caught:
+        await store.claim_due_buffers(-1, 30)
+    assert caught.value.code is not None and "claim_due_buffers" in str(caught.value)

@@ -1,0 +1,141 @@
+"""TEST CODE: a fake of the far side of HTTP (OpenAI and Chatwoot) served on loopback.
+
+Real HTTP, so the official OpenAI SDK (httpx2), the Chatwoot client (httpx) and a `chatbuffer serve`
+subprocess all talk to it unchanged. It records what it receives, can answer slowly (benchmarks)
+and can fail on purpose (retry tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+@dataclass
+class FarSide:
+    openai_latency: float = 0.0
+    chatwoot_latency: float = 0.0
+    completions: list[dict[str, Any]] = field(default_factory=list)
+    replies: list[dict[str, Any]] = field(default_factory=list)  # each: account, conversation, body, at
+    typing: list[dict[str, Any]] = field(default_factory=list)
+    fail_completions: int = 0  # answer the next N completions with 500
+    fail_replies: int = 0  # answer the next N reply posts with 500
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def reply_text(self, messages: list[dict[str, Any]]) -> str:
+        """The fake model's answer names every customer text of the burst, so tests can check it."""
+        texts = []
+        for message in messages:
+            if message["role"] == "user":
+                content = message["content"]
+                parts = content if isinstance(content, list) else [{"text": content}]
+                texts += [p.get("text") or "" for p in parts]
+        return "echo: " + " | ".join(texts)
+
+    def _take_failure(self, name: str) -> bool:
+        with self.lock:
+            if getattr(self, name) > 0:
+                setattr(self, name, getattr(self, name) - 1)
+                return True
+        return False
+
+    async def chat_completions(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        if self.openai_latency:
+            await asyncio.sleep(self.openai_latency)
+        if self._take_failure("fail_completions"):
+            return JSONResponse({"error": {"message": "fake outage", "type": "server_error"}}, status_code=500)
+        with self.lock:
+            self.completions.append(body)
+        return JSONResponse({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": self.reply_text(body["messages"])}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        })
+
+    async def chatwoot_message(self, request: Request) -> JSONResponse:
+        if request.headers.get("api_access_token") is None:
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        body = await request.json()
+        if self.chatwoot_latency:
+            await asyncio.sleep(self.chatwoot_latency)
+        if self._take_failure("fail_replies"):
+            return JSONResponse({"error": "fake outage"}, status_code=500)
+        with self.lock:
+            self.replies.append({"account": request.path_params["account"],
+                                 "conversation": request.path_params["conversation"],
+                                 "body": body, "at": time.time()})
+        return JSONResponse({"id": len(self.replies), "content": body.get("content")})
+
+    async def chatwoot_typing(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        with self.lock:
+            self.typing.append({"conversation": request.path_params["conversation"], **body})
+        return JSONResponse({})
+
+    def app(self) -> Starlette:
+        base = "/api/v1/accounts/{account}/conversations/{conversation}"
+        return Starlette(routes=[
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route(base + "/messages", self.chatwoot_message, methods=["POST"]),
+            Route(base + "/toggle_typing_status", self.chatwoot_typing, methods=["POST"]),
+        ])
+
+    def wait_for_replies(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.replies) >= count:
+                    return list(self.replies)
+            time.sleep(0.02)
+        raise AssertionError(f"expected {count} replies within {timeout}s, got {len(self.replies)}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """Runs an ASGI app with uvicorn on a loopback port in a daemon thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def start_far_side(**options: Any) -> tuple[FarSide, ServerThread]:
+    far = FarSide(**options)
+    server = ServerThread(far.app()).__enter__()
+    far.url = server.url
+    return far, server
