@@ -54,9 +54,18 @@ class Sweeper:
         self.wake()
 
     async def run_once(self, prefer_ids: Sequence[int] = (), limit: int | None = None) -> Counter[str]:
-        """One pass: claim what is due (at most `limit`), process it all, return the outcomes."""
+        """One pass: claim what is due (at most `limit`), process it all, return the outcomes.
+
+        A conversation's next burst becomes claimable when its previous one finishes, so the pass
+        claims again whenever a buffer finishes, until nothing more is due.
+        """
         config = await self._prepare()
-        await self._claim_and_start(config, prefer_ids, limit)
+        budget = float("inf") if limit is None else limit
+        while True:
+            budget -= await self._fill_slots(config, prefer_ids, budget)
+            if not self._tasks or budget <= 0:
+                break
+            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
         await self._drain()
         return self.outcomes
 
@@ -67,8 +76,8 @@ class Sweeper:
             while not self._stopping and time.monotonic() < deadline:
                 try:
                     config = await self._prepare()  # flags and settings re-read every pass
-                    slots_filled = await self._claim_and_start(config)
-                    pause = await self._pause(config, slots_filled)
+                    await self._fill_slots(config)
+                    pause = await self._pause(config, slots_full=len(self._tasks) >= self._concurrency)
                 except StoreError:
                     log.exception("sweep pass failed; trying again shortly")
                     pause = 1.0
@@ -85,25 +94,19 @@ class Sweeper:
             log.warning("buffer %s: lease expired, now %s", buffer_id, status)
         return config
 
-    async def _claim_and_start(
-        self, config: RuntimeConfig, prefer_ids: Sequence[int] = (), limit: int | None = None
-    ) -> bool:
-        """Claim into free slots until nothing more is due; True if it stopped for lack of slots."""
-        budget = float("inf") if limit is None else limit
-        while budget > 0:
-            free = int(min(self._concurrency - len(self._tasks), budget))
-            if free <= 0:
-                if limit is None:
-                    return True
-                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-                continue
+    async def _fill_slots(
+        self, config: RuntimeConfig, prefer_ids: Sequence[int] = (), budget: float = float("inf")
+    ) -> int:
+        """Claim due buffers into the free slots (at most `budget`); returns how many it claimed."""
+        total = 0
+        while (free := int(min(self._concurrency - len(self._tasks), budget - total))) > 0:
             claimed = await self._store.claim_due_buffers(free, self._lease_seconds, prefer_ids)
             for buffer in claimed:
                 self._start(buffer, config)
-            budget -= len(claimed)
+            total += len(claimed)
             if len(claimed) < free:
-                return False
-        return False
+                break
+        return total
 
     def _start(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> None:
         task = asyncio.create_task(self._processor.process(buffer, config), name=f"buffer-{buffer.buffer_id}")
@@ -121,8 +124,8 @@ class Sweeper:
         if self._wake is not None:
             self._wake.set()  # a slot is free: a backlog can move on
 
-    async def _pause(self, config: RuntimeConfig, slots_filled: bool) -> float:
-        if slots_filled:
+    async def _pause(self, config: RuntimeConfig, slots_full: bool) -> float:
+        if slots_full:
             return config.sweep_interval_seconds  # woken as soon as a slot frees
         seconds = await self._store.seconds_until_next_due()
         if seconds is None:

@@ -17,8 +17,12 @@ from tests.support.far_side import FarSide, start_far_side
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WEBHOOK_SECRET = "test-webhook-secret"
 
+# For SQL tests that check computed due times.
 FAST_TIMING = BufferTiming(buffer_window_seconds=0.3, buffer_max_age_seconds=3, buffer_max_messages=50,
                            sweep_interval_seconds=0.2, fallback_flush_messages=2, fallback_flush_age_seconds=1)
+# For end-to-end tests: nothing becomes due by itself during a test; tests jump time with make_due().
+APP_TIMING = BufferTiming(buffer_window_seconds=5, buffer_max_age_seconds=60, buffer_max_messages=50,
+                          sweep_interval_seconds=0.2, fallback_flush_messages=2, fallback_flush_age_seconds=5)
 
 
 def chatwoot_fixture(name: str) -> dict[str, Any]:
@@ -91,7 +95,7 @@ def settings(database_url: str, far_side: FarSide) -> Settings:
         chatwoot_base_url=far_side.url,
         chatwoot_api_token="test-chatwoot-token",
         chatwoot_webhook_secret=WEBHOOK_SECRET,
-        timing=FAST_TIMING,
+        timing=APP_TIMING,
         retry_backoff_seconds=0.1,
         max_attempts=3,
         lease_seconds=40,

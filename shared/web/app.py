@@ -31,8 +31,8 @@ class BodyTooLarge(Exception):
     """The request body is over 1 MB."""
 
 
-def _reply(status: int, **body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
+def _reply(status_code: int, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=status_code)
 
 
 async def _read_body(request: Request) -> bytes:

@@ -34,10 +34,12 @@ class FarSide:
     url: str = ""
 
     def reply_text(self, messages: list[dict[str, Any]]) -> str:
-        """The fake model's answer names every customer text of the burst, so tests can check it."""
-        texts = []
+        """The fake model's answer names every customer text since our last reply (the burst)."""
+        texts: list[str] = []
         for message in messages:
-            if message["role"] == "user":
+            if message["role"] == "assistant":
+                texts = []
+            elif message["role"] == "user":
                 content = message["content"]
                 parts = content if isinstance(content, list) else [{"text": content}]
                 texts += [p.get("text") or "" for p in parts]

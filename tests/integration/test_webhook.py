@@ -1,0 +1,170 @@
+"""POST /webhooks/chatwoot: what is stored, what is refused, what is ignored."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+
+from shared.config import Settings
+from shared.runtime import Runtime
+from shared.web.app import MAX_BODY_BYTES, create_app
+from tests.conftest import WEBHOOK_SECRET, chatwoot_fixture, incoming, signed_headers
+from tests.support.sql import buffers, fetch
+
+URL = "/webhooks/chatwoot"
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with _client(settings) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    runtime = Runtime(settings)
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        await runtime.close()
+
+
+async def post(client: httpx.AsyncClient, payload: dict[str, Any] | bytes, **kwargs: Any) -> httpx.Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
+    headers = kwargs.pop("headers", None) or signed_headers(body)
+    return await client.post(URL, content=body, headers=headers, **kwargs)
+
+
+async def stored(database_url: str) -> int:
+    return (await fetch(database_url, "select count(*) as n from public.buffered_messages"))[0]["n"]
+
+
+async def test_signed_fixtures_are_buffered_and_redelivery_is_a_no_op(client: httpx.AsyncClient, database_url: str) -> None:
+    for name in ("message_created_incoming_text", "message_created_incoming_audio",
+                 "message_created_incoming_image_caption"):
+        response = await post(client, chatwoot_fixture(name))
+        assert response.status_code == 200 and response.json()["status"] == "buffered", response.text
+    again = await post(client, chatwoot_fixture("message_created_incoming_text"))
+    assert again.json()["status"] == "duplicate"
+    (row,) = await buffers(database_url)
+    assert row["message_count"] == 3 and await stored(database_url) == 3
+
+
+@pytest.mark.parametrize("fixture", [
+    "message_created_outgoing_agent_bot", "message_created_outgoing_human_agent",
+    "message_created_private_note", "message_created_incoming_text_conversation_open",
+    "conversation_status_changed",
+])
+async def test_non_customer_events_are_acknowledged_and_not_stored(
+    client: httpx.AsyncClient, database_url: str, fixture: str
+) -> None:
+    response = await post(client, chatwoot_fixture(fixture))
+    assert response.status_code == 200 and response.json()["status"] == "ignored"
+    assert await buffers(database_url) == []
+
+
+@pytest.mark.parametrize(("headers", "error"), [
+    ({}, "missing"),
+    ({"x-chatwoot-timestamp": "TS", "x-chatwoot-signature": "sha256=" + "0" * 64}, "does not match"),
+    ("wrong-secret", "does not match"),
+    ("stale", "off"),
+])
+async def test_bad_or_stale_signatures_get_401_and_store_nothing(
+    client: httpx.AsyncClient, database_url: str, headers: Any, error: str
+) -> None:
+    body = json.dumps(chatwoot_fixture("message_created_incoming_text")).encode()
+    if headers == "wrong-secret":
+        headers = signed_headers(body, secret="not-the-secret")
+    elif headers == "stale":
+        headers = signed_headers(body, timestamp=int(time.time()) - 301)
+    else:
+        headers = {k: v.replace("TS", str(int(time.time()))) for k, v in headers.items()}
+    response = await client.post(URL, content=body, headers={"content-type": "application/json", **headers})
+    assert response.status_code == 401 and error in response.json()["error"]
+    assert await buffers(database_url) == []
+
+
+async def test_url_token_when_no_secret(settings: Settings, database_url: str) -> None:
+    settings = dataclasses.replace(settings, chatwoot_webhook_secret=None, chatwoot_webhook_token="tok-xyz")
+    body = json.dumps(chatwoot_fixture("message_created_incoming_text")).encode()
+    async with _client(settings) as client:
+        refused = await client.post(URL + "?token=nope", content=body)
+        accepted = await client.post(URL + "?token=tok-xyz", content=body)
+    assert (refused.status_code, accepted.status_code) == (401, 200)
+    assert await stored(database_url) == 1
+
+
+async def test_no_auth_configured_warns_loudly(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        create_app(Runtime(dataclasses.replace(settings, chatwoot_webhook_secret=None)))
+    assert "NEITHER CHATWOOT_WEBHOOK_SECRET NOR CHATWOOT_WEBHOOK_TOKEN" in caplog.text
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b"{oops", "not JSON"),
+    (json.dumps({"event": "message_created", "message_type": "incoming", "private": False,
+                 "conversation": {"status": "pending"}}).encode(), "missing"),
+])
+async def test_malformed_payloads_get_400_and_store_nothing(
+    client: httpx.AsyncClient, database_url: str, body: bytes, error: str
+) -> None:
+    response = await post(client, body)
+    assert response.status_code == 400 and error in response.json()["error"]
+    assert await buffers(database_url) == []
+
+
+async def test_body_over_1mb_gets_413(client: httpx.AsyncClient, database_url: str) -> None:
+    payload = incoming(1, "x" * (MAX_BODY_BYTES + 10))
+    response = await post(client, payload)
+    assert response.status_code == 413
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: read up to the limit, then cut
+        for _ in range(11):
+            yield b"x" * 100_000
+
+    streamed = await client.post(URL, content=chunks(), headers=signed_headers(b""))
+    assert streamed.status_code == 413
+    assert await buffers(database_url) == []
+
+
+async def test_database_down_gets_500_so_chatwoot_retries(settings: Settings) -> None:
+    down = dataclasses.replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none")
+    async with _client(down) as client:
+        response = await post(client, chatwoot_fixture("message_created_incoming_text"))
+    assert response.status_code == 500 and "retry" in response.json()["error"]
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_sweep_endpoint_needs_its_bearer_token(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/sweep")).status_code == 401
+    assert (await client.post("/sweep", headers={"authorization": "Bearer nope"})).status_code == 401
+    ok = await client.post("/sweep", headers={"authorization": "Bearer test-sweep-token"})
+    assert ok.status_code == 202
+
+
+async def test_no_personal_data_at_info(
+    client: httpx.AsyncClient, settings: Settings, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.support.sql import make_due
+
+    with caplog.at_level(logging.INFO):
+        await post(client, chatwoot_fixture("message_created_incoming_text"))
+        await make_due(database_url)
+        runtime = Runtime(settings)
+        await runtime.new_sweeper().run_once()
+        await runtime.close()
+    text = caplog.text
+    assert "completed" in text  # INFO logging did happen
+    for secret in ("Monterrey", "María", "+5215512345678", "5215512345678", WEBHOOK_SECRET):
+        assert secret not in text
