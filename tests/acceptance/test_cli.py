@@ -1,0 +1,74 @@
+"""`chatbuffer migrate` and `chatbuffer sweep --once`, run as a user or a cron job runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+import pytest
+
+from shared.models import InboundMessage
+from shared.runtime import Runtime
+from shared.config import Settings
+from tests.support.database import DatabaseFactory, with_database
+from tests.support.far_side import FarSide
+from tests.support.sql import buffers, fetch, make_due
+
+
+def chatbuffer(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_migrate_a_bare_database_twice(databases: DatabaseFactory) -> None:
+    name = f"{databases.prefix}_bare_{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(databases.server)
+    await conn.execute(f'create database "{name}"')
+    await conn.close()
+    dsn = with_database(databases.server, name)
+    try:
+        first = chatbuffer("migrate", DATABASE_URL=dsn)
+        assert first.returncode == 0, first.stderr
+        assert "20261123000000" in first.stdout
+        again = chatbuffer("migrate", DATABASE_URL=dsn)
+        assert "none pending" in again.stdout
+        roles = await fetch(dsn, "select rolname from pg_roles where rolname in ('anon', 'authenticated', 'service_role')")
+        assert len(roles) == 3
+    finally:
+        await databases.drop(dsn)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+async def test_api_roles_can_touch_nothing(database_url: str, role: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"set role {role}")
+        for statement in ("select * from public.message_buffer", "select * from public.feature_flags",
+                          "update public.feature_flags set is_enabled = false",
+                          "select * from public.claim_due_buffers(1, 1)"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_sweep_once_answers_what_is_due(database_url: str, far_side: FarSide, settings: Settings) -> None:
+    runtime = Runtime(settings)
+    await runtime.store.ingest(InboundMessage("chatwoot", "3", "431", "m1", "Hola"))
+    await runtime.close()
+    await make_due(database_url)
+    result = chatbuffer("sweep", "--once", DATABASE_URL=database_url, OPENAI_API_KEY="k",
+                        OPENAI_BASE_URL=f"{far_side.url}/v1", CHATWOOT_BASE_URL=far_side.url, CHATWOOT_API_TOKEN="t")
+    assert result.returncode == 0, result.stderr
+    assert "completed" in result.stdout
+    assert [r["body"]["content"] for r in far_side.replies] == ["echo: Hola"]
+    assert (await buffers(database_url))[0]["status"] == "completed"
+
+
+def test_impossible_environment_is_refused_clearly() -> None:
+    result = chatbuffer("sweep", "--once", DATABASE_URL="postgresql://unused/x", BUFFER_WINDOW_SECONDS="400")
+    assert result.returncode == 2
+    assert "BUFFER_MAX_AGE_SECONDS (300) must be greater than BUFFER_WINDOW_SECONDS (400)" in result.stderr

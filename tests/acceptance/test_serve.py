@@ -1,0 +1,88 @@
+"""`chatbuffer serve` as a user runs it: a subprocess, real HTTP in, the fake far side out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import WEBHOOK_SECRET, chatwoot_fixture, incoming, signed_headers
+from tests.support.far_side import FarSide, free_port
+from tests.support.sql import buffers
+
+
+@pytest.fixture
+def server(database_url: str, far_side: FarSide) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": f"{far_side.url}/v1", "OPENAI_MODEL": "fake-model",
+        "CHATWOOT_BASE_URL": far_side.url, "CHATWOOT_API_TOKEN": "test-token",
+        "CHATWOOT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "BUFFER_WINDOW_SECONDS": "0.6", "BUFFER_MAX_AGE_SECONDS": "10", "SWEEP_INTERVAL_SECONDS": "1",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError(f"serve did not start:\n{process.stdout.read() if process.stdout else ''}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+        assert process.returncode == 0, output
+
+
+def post(url: str, payload: dict[str, Any], **header_options: Any) -> httpx.Response:
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    return httpx.post(f"{url}/webhooks/chatwoot", content=body, headers=signed_headers(body, **header_options))
+
+
+def settle(far_side: FarSide, expected: int) -> None:
+    """Wait for `expected` replies, then long enough that any extra reply would show up too."""
+    far_side.wait_for_replies(expected, timeout=15)
+    time.sleep(1.5)
+    assert len(far_side.replies) == expected, far_side.replies
+
+
+async def test_burst_answered_once_then_next_turn_sees_history(server: str, far_side: FarSide, database_url: str) -> None:
+    for name in ("message_created_incoming_text", "message_created_incoming_audio",
+                 "message_created_incoming_image_caption"):
+        assert post(server, chatwoot_fixture(name)).json()["status"] == "buffered"
+    settle(far_side, 1)
+    assert far_side.replies[0]["body"]["content"] == (
+        "echo: Hola, ¿hacen envíos a Monterrey? | [audio attachment (audio/ogg)] | "
+        "¿Lo tienen en talla 27? | [image attachment (image/jpeg)]")
+
+    # None of these may ever produce a reply.
+    assert post(server, chatwoot_fixture("message_created_incoming_text")).json()["status"] == "duplicate"
+    for name in ("message_created_outgoing_agent_bot", "message_created_outgoing_human_agent",
+                 "message_created_private_note", "message_created_incoming_text_conversation_open"):
+        assert post(server, chatwoot_fixture(name)).json()["status"] == "ignored"
+    assert post(server, incoming(99001, "stale"), timestamp=int(time.time()) - 600).status_code == 401
+    assert post(server, incoming(99002, "forged"), secret="guess").status_code == 401
+
+    assert post(server, incoming(98300, "¿Cuánto cuesta el envío?")).status_code == 200
+    settle(far_side, 2)
+    assert far_side.replies[1]["body"]["content"] == "echo: ¿Cuánto cuesta el envío?"
+    history = far_side.completions[1]["messages"]
+    assert {"role": "assistant", "content": far_side.replies[0]["body"]["content"]} in history
+    rows = await buffers(database_url)
+    assert [(r["status"], r["message_count"]) for r in rows] == [("completed", 3), ("completed", 1)]
