@@ -33,6 +33,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset that sends nothing. asyncpg's default sends RESET ALL, UNLISTEN, CLOSE ALL and
+    pg_advisory_unlock_all on every release: a second round trip per call. Ours would have nothing
+    to undo: every call is one auto-committed statement, locks are transaction-scoped, and no
+    session setting is ever changed. (asyncpg still rolls back any open transaction itself.)"""
+
+
 def call_sql(function: str, names: tuple[str, ...]) -> str:
     """`select * from public.fn(p_a => $1, ...)`: named arguments, as PostgREST calls them too."""
     args = ", ".join(f"{name} => ${i}" for i, name in enumerate(names, start=1))
@@ -58,6 +65,7 @@ class PostgresConnector:
                         max_size=self._pool_size,
                         timeout=self._connect_timeout,
                         init=_init_connection,
+                        reset=_keep_session,
                         max_inactive_connection_lifetime=240,
                     )
         return self._pool

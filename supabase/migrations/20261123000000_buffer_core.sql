@@ -8,6 +8,8 @@
 --   failed      gave up after max attempts: last_error says why
 -- Every transition is one function below, one statement from the caller's point of view.
 -- All functions pin search_path = '' and qualify every name, so no caller can hijack them.
+-- Functions on the hot path are plpgsql: it caches their plans per connection, where a SQL
+-- function with a SET clause is planned again on every call.
 
 create table public.message_buffer (
     id                bigint generated always as identity primary key,
@@ -28,31 +30,31 @@ create table public.message_buffer (
     created_at        timestamptz not null default now(),
     completed_at      timestamptz,
     check ((lease_token is null) = (lease_expires_at is null))
-);
+) with (fillfactor = 70);  -- room on each page, so ingest's updates stay HOT (no index writes)
 
 comment on table public.message_buffer is
     'One row per burst of a conversation: active -> processing -> completed | failed.';
 
--- The claim scans only unfinished buffers, so it stays fast however much history accumulates.
-create index message_buffer_due_idx on public.message_buffer (due_at)
-    where status in ('active', 'processing');
-create index message_buffer_unfinished_conversation_idx
+-- The claim scans only unfinished buffers (a partial index: a few rows per conversation that is
+-- talking right now), so it stays fast however much history accumulates. due_at is deliberately
+-- not indexed: every message moves it, and an indexed column would make each such update
+-- rewrite every index of the row.
+create index message_buffer_unfinished_idx
     on public.message_buffer (channel, account_id, conversation_id, id)
     where status in ('active', 'processing');
 create index message_buffer_conversation_idx
     on public.message_buffer (channel, account_id, conversation_id, id);
 
 create table public.buffered_messages (
-    id           bigint generated always as identity primary key,
-    buffer_id    bigint not null references public.message_buffer (id) on delete cascade,
     channel      text not null,
     account_id   text not null,
     external_id  text not null,               -- the platform's message id: a redelivery is a no-op
+    buffer_id    bigint not null references public.message_buffer (id) on delete cascade,
     content      text,                        -- null for a voice note or a bare attachment
     attachments  jsonb not null default '[]'::jsonb,
     sent_at      timestamptz not null,        -- the platform's timestamp, used for ordering
-    received_at  timestamptz not null default now(),
-    unique (channel, account_id, external_id)
+    received_at  timestamptz not null default clock_timestamp(),
+    primary key (channel, account_id, external_id)
 );
 
 comment on table public.buffered_messages is
@@ -101,8 +103,29 @@ insert into public.buffer_settings (setting_name, setting_value, description) va
     ('fallback_flush_messages', null, 'With buffer_sweeper off: flush at this many messages (env FALLBACK_FLUSH_MESSAGES).'),
     ('fallback_flush_age_seconds', null, 'With buffer_sweeper off: flush once the first message is this old (env FALLBACK_FLUSH_AGE_SECONDS).');
 
+-- What is wrong with a set of timing values, or null. A null value (not set) passes every check.
+-- Shared by the save trigger and effective_settings.
+create function public.settings_problem(
+    p_window_seconds numeric, p_max_age_seconds numeric, p_max_messages numeric, p_fallback_messages numeric)
+returns text
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+    return case
+        when p_max_age_seconds <= p_window_seconds
+            then 'buffer_max_age_seconds must be greater than buffer_window_seconds'
+        when p_max_messages < 1 or p_fallback_messages < 1
+            then 'message counts must be at least 1'
+        when p_max_messages % 1 <> 0 or p_fallback_messages % 1 <> 0
+            then 'message counts must be whole numbers'
+    end;
+end;
+$$;
+
 -- Settings as the code uses them: the table where set, else the caller's environment defaults.
 -- An impossible combination is never used: the defaults stand and `error` says what was refused.
+-- Runs on every ingest, so it is plain assignments around one read of a six-row table.
 create function public.effective_settings(p_defaults jsonb)
 returns table (
     window_seconds numeric, max_age_seconds numeric, max_messages integer,
@@ -112,45 +135,41 @@ language plpgsql stable
 set search_path = ''
 as $$
 declare
-    merged jsonb := p_defaults;
+    t_window numeric; t_max_age numeric; t_max_messages numeric;
+    t_interval numeric; t_fallback_messages numeric; t_fallback_age numeric;
     problem text;
 begin
-    select p_defaults || coalesce(jsonb_object_agg(s.setting_name, s.setting_value), '{}'::jsonb)
-      into merged
-      from public.buffer_settings s
-     where s.setting_value is not null;
-    problem := public.settings_problem(merged);
-    if problem is not null then
-        merged := p_defaults;
+    window_seconds := p_defaults->>'buffer_window_seconds';
+    max_age_seconds := p_defaults->>'buffer_max_age_seconds';
+    max_messages := p_defaults->>'buffer_max_messages';
+    sweep_interval_seconds := p_defaults->>'sweep_interval_seconds';
+    fallback_messages := p_defaults->>'fallback_flush_messages';
+    fallback_age_seconds := p_defaults->>'fallback_flush_age_seconds';
+    select max(s.setting_value) filter (where s.setting_name = 'buffer_window_seconds'),
+           max(s.setting_value) filter (where s.setting_name = 'buffer_max_age_seconds'),
+           max(s.setting_value) filter (where s.setting_name = 'buffer_max_messages'),
+           max(s.setting_value) filter (where s.setting_name = 'sweep_interval_seconds'),
+           max(s.setting_value) filter (where s.setting_name = 'fallback_flush_messages'),
+           max(s.setting_value) filter (where s.setting_name = 'fallback_flush_age_seconds')
+      into t_window, t_max_age, t_max_messages, t_interval, t_fallback_messages, t_fallback_age
+      from public.buffer_settings s;
+    if num_nonnulls(t_window, t_max_age, t_max_messages, t_interval, t_fallback_messages, t_fallback_age) > 0 then
+        problem := public.settings_problem(
+            coalesce(t_window, window_seconds), coalesce(t_max_age, max_age_seconds),
+            coalesce(t_max_messages, max_messages), coalesce(t_fallback_messages, fallback_messages));
+        if problem is null then
+            window_seconds := coalesce(t_window, window_seconds);
+            max_age_seconds := coalesce(t_max_age, max_age_seconds);
+            max_messages := coalesce(t_max_messages, max_messages);
+            sweep_interval_seconds := coalesce(t_interval, sweep_interval_seconds);
+            fallback_messages := coalesce(t_fallback_messages, fallback_messages);
+            fallback_age_seconds := coalesce(t_fallback_age, fallback_age_seconds);
+        else
+            error := 'buffer_settings ignored, environment used: ' || problem;
+        end if;
     end if;
-    return query select
-        (merged->>'buffer_window_seconds')::numeric,
-        (merged->>'buffer_max_age_seconds')::numeric,
-        (merged->>'buffer_max_messages')::numeric::integer,
-        (merged->>'sweep_interval_seconds')::numeric,
-        (merged->>'fallback_flush_messages')::numeric::integer,
-        (merged->>'fallback_flush_age_seconds')::numeric,
-        case when problem is null then null
-             else 'buffer_settings ignored, environment used: ' || problem end;
+    return next;
 end;
-$$;
-
--- What is wrong with a full set of settings, or null. Shared by the save trigger and effective_settings.
-create function public.settings_problem(p_settings jsonb)
-returns text
-language sql immutable
-set search_path = ''
-as $$
-    select case
-        when (p_settings->>'buffer_max_age_seconds')::numeric <= (p_settings->>'buffer_window_seconds')::numeric
-            then 'buffer_max_age_seconds must be greater than buffer_window_seconds'
-        when (p_settings->>'buffer_max_messages')::numeric < 1
-            or (p_settings->>'fallback_flush_messages')::numeric < 1
-            then 'message counts must be at least 1'
-        when (p_settings->>'buffer_max_messages')::numeric % 1 <> 0
-            or (p_settings->>'fallback_flush_messages')::numeric % 1 <> 0
-            then 'message counts must be whole numbers'
-    end;
 $$;
 
 -- Refuse, on save in Studio, what is impossible among the values set in the table itself.
@@ -162,10 +181,13 @@ as $$
 declare
     problem text;
 begin
-    select public.settings_problem(jsonb_object_agg(s.setting_name, s.setting_value))
+    select public.settings_problem(
+               max(s.setting_value) filter (where s.setting_name = 'buffer_window_seconds'),
+               max(s.setting_value) filter (where s.setting_name = 'buffer_max_age_seconds'),
+               max(s.setting_value) filter (where s.setting_name = 'buffer_max_messages'),
+               max(s.setting_value) filter (where s.setting_name = 'fallback_flush_messages'))
       into problem
-      from public.buffer_settings s
-     where s.setting_value is not null;
+      from public.buffer_settings s;
     if problem is not null then
         raise exception 'invalid buffer_settings: %', problem using errcode = 'check_violation';
     end if;
@@ -180,10 +202,12 @@ create constraint trigger buffer_settings_consistent
 
 create function public.flag_enabled(p_flag_name text)
 returns boolean
-language sql stable
+language plpgsql stable
 set search_path = ''
 as $$
-    select coalesce((select f.is_enabled from public.feature_flags f where f.flag_name = p_flag_name), false);
+begin
+    return coalesce((select f.is_enabled from public.feature_flags f where f.flag_name = p_flag_name), false);
+end;
 $$;
 
 -- The debounce rule, pure: when does a buffer with this history become due?
@@ -195,10 +219,11 @@ create function public.buffer_due_at(
     p_window_seconds numeric, p_max_age_seconds numeric, p_max_messages integer,
     p_fallback_messages integer, p_fallback_age_seconds numeric)
 returns timestamptz
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-    select case
+begin
+    return case
         when not p_buffering or p_message_count >= p_max_messages then p_now
         when p_fallback and p_message_count >= p_fallback_messages then p_now
         else least(
@@ -207,6 +232,7 @@ as $$
             case when p_fallback
                  then p_first_message_at + make_interval(secs => p_fallback_age_seconds::double precision) end)
     end;
+end;
 $$;
 
 -- Where a message enters. One call: dedupe, find or open the conversation's open buffer, store the
@@ -227,8 +253,8 @@ declare
     cfg record;
     buf public.message_buffer;
     existing_buffer bigint;
-    buffering boolean := public.flag_enabled('message_buffering');
-    fallback boolean := not public.flag_enabled('buffer_sweeper');
+    buffering boolean;
+    fallback boolean;
 begin
     -- One ingest per conversation at a time: the dedupe check and the open-buffer lookup below
     -- stay true until commit, and buffer ids of a conversation grow in commit order.
@@ -244,6 +270,10 @@ begin
     end if;
 
     select * into cfg from public.effective_settings(p_defaults);
+    select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false),
+           not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false)
+      into buffering, fallback
+      from public.feature_flags f;
 
     -- An open buffer: active and its window not yet over. A due buffer is closed even before a
     -- sweeper claims it, so a burst never grows past its cap or its window.
@@ -256,23 +286,27 @@ begin
      limit 1
      for update;
     if not found then
-        insert into public.message_buffer (channel, account_id, conversation_id, due_at)
-        values (p_channel, p_account_id, p_conversation_id, now())
+        insert into public.message_buffer (channel, account_id, conversation_id, message_count, due_at)
+        values (p_channel, p_account_id, p_conversation_id, 1,
+                public.buffer_due_at(now(), now(), 1, now(), buffering, fallback, cfg.window_seconds,
+                                     cfg.max_age_seconds, cfg.max_messages, cfg.fallback_messages,
+                                     cfg.fallback_age_seconds))
+        returning * into buf;
+    else
+        -- None of these columns is indexed, so this is a HOT update: no index is touched.
+        update public.message_buffer b
+           set message_count = b.message_count + 1,
+               last_message_at = now(),
+               due_at = public.buffer_due_at(b.first_message_at, now(), b.message_count + 1, now(),
+                                             buffering, fallback, cfg.window_seconds, cfg.max_age_seconds,
+                                             cfg.max_messages, cfg.fallback_messages, cfg.fallback_age_seconds)
+         where b.id = buf.id
         returning * into buf;
     end if;
 
     insert into public.buffered_messages (buffer_id, channel, account_id, external_id, content, attachments, sent_at)
     values (buf.id, p_channel, p_account_id, p_external_id, p_content,
             coalesce(p_attachments, '[]'::jsonb), coalesce(p_sent_at, now()));
-
-    update public.message_buffer b
-       set message_count = b.message_count + 1,
-           last_message_at = now(),
-           due_at = public.buffer_due_at(b.first_message_at, now(), b.message_count + 1, now(),
-                                         buffering, fallback, cfg.window_seconds, cfg.max_age_seconds,
-                                         cfg.max_messages, cfg.fallback_messages, cfg.fallback_age_seconds)
-     where b.id = buf.id
-    returning * into buf;
 
     return query select buf.id, true, buf.message_count, buf.due_at, fallback and buf.due_at <= now(),
         fallback and exists (
@@ -346,14 +380,14 @@ as $$
         select b.* from public.message_buffer b where b.id = p_buffer_id
     ),
     turns as (
-        select 'user' as role, m.content, m.attachments, m.buffer_id, 0 as kind, m.sent_at, m.id
+        select 'user' as role, m.content, m.attachments, m.buffer_id, 0 as kind, m.sent_at, m.received_at as arrival
           from this
           join public.message_buffer b
             on b.channel = this.channel and b.account_id = this.account_id
            and b.conversation_id = this.conversation_id and b.id <= this.id
           join public.buffered_messages m on m.buffer_id = b.id
         union all
-        select 'assistant', b.reply_content, '[]'::jsonb, b.id, 1, b.completed_at, 0
+        select 'assistant', b.reply_content, '[]'::jsonb, b.id, 1, b.completed_at, b.completed_at
           from this
           join public.message_buffer b
             on b.channel = this.channel and b.account_id = this.account_id
@@ -362,17 +396,17 @@ as $$
     ),
     history as (
         select t.* from turns t where t.buffer_id < p_buffer_id
-         order by t.buffer_id desc, t.kind desc, t.sent_at desc, t.id desc
+         order by t.buffer_id desc, t.kind desc, t.sent_at desc, t.arrival desc
          limit greatest(p_history_limit, 0)
     )
     select x.role, x.content, x.attachments, x.in_burst from (
-        select h.role, h.content, h.attachments, false as in_burst, h.buffer_id, h.kind, h.sent_at, h.id
+        select h.role, h.content, h.attachments, false as in_burst, h.buffer_id, h.kind, h.sent_at, h.arrival
           from history h
         union all
-        select t.role, t.content, t.attachments, true, t.buffer_id, t.kind, t.sent_at, t.id
+        select t.role, t.content, t.attachments, true, t.buffer_id, t.kind, t.sent_at, t.arrival
           from turns t where t.buffer_id = p_buffer_id
     ) x
-    order by x.buffer_id, x.kind, x.sent_at, x.id;
+    order by x.buffer_id, x.kind, x.sent_at, x.arrival;
 $$;
 
 -- Keep holding a claimed buffer. False means the lease was lost (expired and reclaimed): the

@@ -1,0 +1,89 @@
+"""Cold start: a fresh Python process importing the webhook and answering its first request.
+
+Each sample is a new interpreter, as a new Lambda container is. Against it, in the same run and
+alternating with it: a process that only imports fastapi and mangum (the floor every FastAPI-on-
+Lambda app pays). Reported: import time alone (measured inside the process) and whole-process
+wall time up to the first answer, for GET /health and for a signed webhook stored in PostgreSQL
+(which includes opening the first database connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.common import ROOT, database_factory, median
+
+SECRET = "bench-webhook-secret"
+
+FLOOR = """
+import time; t0 = time.perf_counter()
+import fastapi, mangum
+print(time.perf_counter() - t0)
+"""
+
+WEBHOOK = """
+import json, sys, time; t0 = time.perf_counter()
+import functions.webhook as webhook
+imported = time.perf_counter() - t0
+from tests.support.aws_events import LambdaContext, http_api_event
+kind = sys.argv[1]
+if kind == "health":
+    event = http_api_event("GET", "/health")
+else:
+    from tests.conftest import incoming, signed_headers
+    body = json.dumps(incoming(int(sys.argv[2]), "hola")).encode()
+    event = http_api_event("POST", "/webhooks/chatwoot", body, signed_headers(body, secret=sys.argv[3]))
+status = webhook.handler(event, LambdaContext(10))["statusCode"]
+assert status == 200, status
+print(imported)
+"""
+
+
+def sample(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(seconds spent importing, inside the process; wall seconds of the whole process)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return float(done.stdout.strip().splitlines()[-1]), wall
+
+
+async def run_async(smoke: bool) -> dict[str, Any]:
+    rounds = 3 if smoke else 21
+    samples: dict[str, list[tuple[float, float]]] = {"floor": [], "health": [], "webhook": []}
+    async with database_factory() as factory:
+        dsn = await factory.fresh()
+        env = {"DATABASE_URL": dsn, "CHATWOOT_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        sample(WEBHOOK, "health", env=env)  # compile caches warm, as in a built Lambda package
+        for n in range(rounds):
+            samples["floor"].append(await asyncio.to_thread(sample, FLOOR))
+            samples["health"].append(await asyncio.to_thread(sample, WEBHOOK, "health", env=env))
+            samples["webhook"].append(await asyncio.to_thread(sample, WEBHOOK, "webhook", str(10_000 + n), SECRET,
+                                                              env=env))
+        await factory.drop(dsn)
+    imports = {k: median([s[0] for s in v]) for k, v in samples.items()}
+    walls = {k: median([s[1] for s in v]) for k, v in samples.items()}
+    import_ratio = imports["health"] / imports["floor"]
+    summary = [
+        f"cold start, {rounds} fresh processes each (medians):",
+        f"  import fastapi+mangum        {imports['floor'] * 1000:6.0f} ms   whole process {walls['floor'] * 1000:6.0f} ms",
+        f"  import functions.webhook     {imports['health'] * 1000:6.0f} ms   ratio {import_ratio:.2f} (target <= 1.25)",
+        f"  process to first GET /health {walls['health'] * 1000:6.0f} ms   ratio {walls['health'] / walls['floor']:.2f}",
+        f"  process to first stored msg  {walls['webhook'] * 1000:6.0f} ms   ratio {walls['webhook'] / walls['floor']:.2f}"
+        " (includes connecting to PostgreSQL)",
+    ]
+    return {"name": "coldstart", "import_s": imports, "wall_s": walls, "import_ratio": import_ratio,
+            "samples": samples, "summary": summary}
+
+
+def run(smoke: bool = False) -> dict[str, Any]:
+    return asyncio.run(run_async(smoke))

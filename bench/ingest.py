@@ -1,0 +1,126 @@
+"""Ingest: webhook throughput and latency through the real HTTP stack, against a floor.
+
+uvicorn + chatbuffer's app (signature check, parse, one `ingest_message` call) and, in the same
+run with the same load generator, uvicorn + a bare FastAPI endpoint inserting one row
+(bench/floor_app.py). wrk, a C load generator, sends pre-signed unique requests so the 2-core
+machine's CPU goes to the server and the database, not to the client. Rounds alternate the two
+servers; medians are reported. Each measurement gets a fresh database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import json
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import database_factory, median, require_tool, uvicorn_server
+from shared.channels.chatwoot import sign
+
+SECRET = "bench-webhook-secret"
+FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "chatwoot" / "message_created_incoming_text.json"
+TARGETS = {"chatbuffer": "functions.webhook:app", "floor": "bench.floor_app:app"}
+
+
+def write_requests(path: Path, count: int, first_id: int, conversations: int) -> None:
+    """Unique, signed Chatwoot deliveries, spread over `conversations` so bursts build up."""
+    template = json.loads(FIXTURE.read_text())
+    timestamp = str(int(time.time()))
+    with path.open("w") as out:
+        for n in range(count):
+            payload = {**template, "id": first_id + n, "content": f"message {n}"}
+            payload["conversation"] = {**template["conversation"], "id": 100_000 + n % conversations}
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+            out.write(f"{timestamp}\n{sign(SECRET, timestamp, body.encode())}\n{body}\n")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": latency("50%"), "p99_ms": latency("99%"),
+        "requests": int(total.group(1)) if total else 0,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else None,
+    }
+
+
+def run_wrk(url: str, requests_file: Path, connections: int, seconds: float) -> dict[str, Any]:
+    wrk = require_tool("wrk", "apt-get install wrk (Debian's package)")
+    script = Path(__file__).resolve().parent / "wrk_requests.lua"
+    command = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url, "--",
+               str(requests_file)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(output)
+
+
+async def measure(factory: Any, target: str, files: dict[str, Path], connections: int, seconds: float) -> dict[str, Any]:
+    dsn = await factory.fresh()
+    env = {"DATABASE_URL": dsn, "CHATWOOT_WEBHOOK_SECRET": SECRET, "DATABASE_POOL_SIZE": os.environ.get("BENCH_POOL_SIZE", "10"),
+           "LOG_LEVEL": "WARNING"}
+    try:
+        with uvicorn_server(TARGETS[target], env) as url:
+            await asyncio.to_thread(run_wrk, url, files["warmup"], connections, max(1.0, seconds / 5))
+            loaded = await asyncio.to_thread(run_wrk, url, files["load"], connections, seconds)
+            single = await asyncio.to_thread(run_wrk, url, files["single"], 1, max(1.0, seconds / 2))
+    finally:
+        await factory.drop(dsn)
+    return {"loaded": loaded, "single": single}
+
+
+async def run_async(smoke: bool) -> dict[str, Any]:
+    rounds, seconds, connections = (1, 1, 16) if smoke else (3, 10, 64)
+    per_file = 4_000 if smoke else 60_000
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {name: Path(tmp) / f"{name}.txt" for name in ("warmup", "load", "single")}
+        for offset, (name, path) in enumerate(files.items()):
+            write_requests(path, per_file, first_id=1_000_000 * (offset + 1), conversations=2_000)
+        runs: dict[str, list[dict[str, Any]]] = {"floor": [], "chatbuffer": []}
+        async with database_factory() as factory:
+            for round_number in range(rounds):
+                order = ["floor", "chatbuffer"] if round_number % 2 == 0 else ["chatbuffer", "floor"]
+                for target in order:
+                    runs[target].append(await measure(factory, target, files, connections, seconds))
+    return summarise(runs, connections, seconds, per_file)
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], connections: int, seconds: float, per_file: int) -> dict[str, Any]:
+    def med(target: str, kind: str, key: str) -> float:
+        return median([r[kind][key] for r in runs[target]])
+
+    stats = {t: {"rps": med(t, "loaded", "rps"), "p50_ms": med(t, "loaded", "p50_ms"),
+                 "p99_ms": med(t, "loaded", "p99_ms"), "single_p50_ms": med(t, "single", "p50_ms"),
+                 "non_2xx": sum(r["loaded"]["non_2xx"] for r in runs[t])} for t in runs}
+    ratio = stats["chatbuffer"]["rps"] / stats["floor"]["rps"] if stats["floor"]["rps"] else float("nan")
+    wrapped = any(r["loaded"]["requests"] > per_file for rs in runs.values() for r in rs)
+    summary = [
+        f"ingest, {connections} connections, {seconds:g} s x {len(runs['floor'])} rounds (medians):",
+        f"  floor (bare insert)  {stats['floor']['rps']:8.0f} req/s  p50 {stats['floor']['p50_ms']:.2f} ms"
+        f"  p99 {stats['floor']['p99_ms']:.2f} ms  single p50 {stats['floor']['single_p50_ms']:.2f} ms",
+        f"  chatbuffer ingest    {stats['chatbuffer']['rps']:8.0f} req/s  p50 {stats['chatbuffer']['p50_ms']:.2f} ms"
+        f"  p99 {stats['chatbuffer']['p99_ms']:.2f} ms  single p50 {stats['chatbuffer']['single_p50_ms']:.2f} ms",
+        f"  throughput ratio chatbuffer/floor: {ratio:.2f} (target >= 0.8); "
+        f"single-request p50 {stats['chatbuffer']['single_p50_ms']:.2f} ms (target <= 5 ms)",
+    ]
+    if wrapped:
+        summary.append("  note: wrk replayed past the end of the request file (some requests were redeliveries)")
+    return {"name": "ingest", "stats": stats, "ratio": ratio, "runs": runs, "summary": summary}
+
+
+def run(smoke: bool = False) -> dict[str, Any]:
+    return asyncio.run(run_async(smoke))
