@@ -19,3 +19,8 @@ serve: install
 
 test: install
 	$(BIN)/pytest
+
+# The full benchmarks (minutes; see docs/benchmarks.md). Needs wrk: apt-get install wrk.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench

@@ -24,7 +24,7 @@ def main() -> None:
         module = importlib.import_module(f"bench.{name}")
         started = time.monotonic()
         if name == "policies":
-            result = module.run(smoke=args.smoke, out_dir=RESULTS_DIR)
+            result = module.run(smoke=args.smoke, out_dir=RESULTS_DIR / ("smoke" if args.smoke else ""))
         else:
             result = module.run(smoke=args.smoke)
         result["seconds"] = round(time.monotonic() - started, 1)

@@ -78,7 +78,8 @@ def wait_until_healthy(url: str, process: subprocess.Popen[str], timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{process.stdout.read() if process.stdout else ''}")
+            output = process.stdout or process.stderr
+            raise RuntimeError(f"server exited:\n{output.read() if output else ''}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return

@@ -11,6 +11,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,12 +89,27 @@ class FarSide:
             self.typing.append({"conversation": request.path_params["conversation"], **body})
         return JSONResponse({})
 
+    async def stats(self, request: Request) -> JSONResponse:
+        """Counts, and any buffer answered more than once (by our replies' content_attributes)."""
+        with self.lock:
+            ids = Counter(r["body"].get("content_attributes", {}).get("chatbuffer_buffer_id") for r in self.replies)
+            return JSONResponse({
+                "completions": len(self.completions), "replies": len(self.replies),
+                "duplicate_buffer_ids": sorted(i for i, n in ids.items() if n > 1),
+                "distinct_buffer_ids": len(ids),
+                "reply_times": [r["at"] for r in self.replies] if request.query_params.get("times") else None,
+                "reply_buffer_ids": [r["body"].get("content_attributes", {}).get("chatbuffer_buffer_id")
+                                     for r in self.replies] if request.query_params.get("ids") else None,
+            })
+
     def app(self) -> Starlette:
         base = "/api/v1/accounts/{account}/conversations/{conversation}"
         return Starlette(routes=[
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route(base + "/messages", self.chatwoot_message, methods=["POST"]),
             Route(base + "/toggle_typing_status", self.chatwoot_typing, methods=["POST"]),
+            Route("/_stats", self.stats, methods=["GET"]),
+            Route("/health", lambda request: JSONResponse({"status": "ok"}), methods=["GET"]),
         ])
 
     def wait_for_replies(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
@@ -104,6 +120,14 @@ class FarSide:
                     return list(self.replies)
             time.sleep(0.02)
         raise AssertionError(f"expected {count} replies within {timeout}s, got {len(self.replies)}")
+
+
+def app_from_env() -> Starlette:
+    """For a far side in its own process (benchmarks): latencies from FAR_* variables."""
+    import os
+
+    return FarSide(openai_latency=float(os.environ.get("FAR_OPENAI_LATENCY", "0")),
+                   chatwoot_latency=float(os.environ.get("FAR_CHATWOOT_LATENCY", "0"))).app()
 
 
 def free_port() -> int:
