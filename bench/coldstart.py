@@ -27,6 +27,13 @@ import fastapi, mangum
 print(time.perf_counter() - t0)
 """
 
+# On Supabase the first request also imports the Data API client (supabase-py's PostgREST).
+SUPABASE_IMPORT = """
+import time; t0 = time.perf_counter()
+import functions.webhook, shared.db.supabase
+print(time.perf_counter() - t0)
+"""
+
 WEBHOOK = """
 import json, sys, time; t0 = time.perf_counter()
 import functions.webhook as webhook
@@ -58,7 +65,7 @@ def sample(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[fl
 
 async def run_async(smoke: bool) -> dict[str, Any]:
     rounds = 3 if smoke else 21
-    samples: dict[str, list[tuple[float, float]]] = {"floor": [], "health": [], "webhook": []}
+    samples: dict[str, list[tuple[float, float]]] = {"floor": [], "health": [], "webhook": [], "supabase": []}
     async with database_factory() as factory:
         dsn = await factory.fresh()
         env = {"DATABASE_URL": dsn, "CHATWOOT_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING",
@@ -67,6 +74,7 @@ async def run_async(smoke: bool) -> dict[str, Any]:
         for n in range(rounds):
             samples["floor"].append(await asyncio.to_thread(sample, FLOOR))
             samples["health"].append(await asyncio.to_thread(sample, WEBHOOK, "health", env=env))
+            samples["supabase"].append(await asyncio.to_thread(sample, SUPABASE_IMPORT, env=env))
             samples["webhook"].append(await asyncio.to_thread(sample, WEBHOOK, "webhook", str(10_000 + n), SECRET,
                                                               env=env))
         await factory.drop(dsn)
@@ -77,6 +85,8 @@ async def run_async(smoke: bool) -> dict[str, Any]:
         f"cold start, {rounds} fresh processes each (medians):",
         f"  import fastapi+mangum        {imports['floor'] * 1000:6.0f} ms   whole process {walls['floor'] * 1000:6.0f} ms",
         f"  import functions.webhook     {imports['health'] * 1000:6.0f} ms   ratio {import_ratio:.2f} (target <= 1.25)",
+        f"  ... with the Supabase client   {imports['supabase'] * 1000:6.0f} ms   ratio "
+        f"{imports['supabase'] / imports['floor']:.2f} (imported by the first request, on Supabase)",
         f"  process to first GET /health {walls['health'] * 1000:6.0f} ms   ratio {walls['health'] / walls['floor']:.2f}",
         f"  process to first stored msg  {walls['webhook'] * 1000:6.0f} ms   ratio {walls['webhook'] / walls['floor']:.2f}"
         " (includes connecting to PostgreSQL)",

@@ -30,7 +30,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _runtime
     _runtime = _runtime or Runtime(Settings.from_env())
     if event.get("source") == FLUSH_EVENT_SOURCE:
-        outcomes = _runner.run(_runtime.fallback_pass([int(i) for i in event.get("buffer_ids", [])]))
+        buffer_ids = [int(i) for i in event.get("buffer_ids", [])]
+        outcomes = _runner.run(_runtime.sweep_pass(buffer_ids, fallback=bool(event.get("fallback", True))))
     else:
         outcomes = _runner.run(_runtime.new_sweeper().run_until(_claim_deadline(_runtime.settings, context)))
     log.info("sweep finished: %s", dict(outcomes))

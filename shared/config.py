@@ -67,6 +67,9 @@ class BufferTiming:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = field(default=None, repr=False)
+    supabase_timeout_seconds: float = 10
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     openai_model: str = "gpt-4.1-mini"
@@ -88,8 +91,16 @@ class Settings:
     sweeper_function_name: str | None = None
     sweep_token: str | None = field(default=None, repr=False)
     database_pool_size: int = 10
+    retention_days: float = 30
+    purge_batch_size: int = 500
+
+    @property
+    def uses_supabase(self) -> bool:
+        return bool(self.supabase_url and self.supabase_service_role_key)
 
     def __post_init__(self) -> None:
+        if bool(self.supabase_url) != bool(self.supabase_service_role_key):
+            raise ConfigError("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY go together: set both or neither")
         if self.lease_seconds <= self.openai_timeout_seconds:
             raise ConfigError(
                 f"LEASE_SECONDS ({self.lease_seconds:g}) must be greater than "
@@ -110,6 +121,9 @@ class Settings:
         statuses = _text(env, "CHATWOOT_ANSWER_STATUSES", "pending") or "pending"
         return cls(
             database_url=_text(env, "DATABASE_URL"),
+            supabase_url=_text(env, "SUPABASE_URL"),
+            supabase_service_role_key=_text(env, "SUPABASE_SERVICE_ROLE_KEY"),
+            supabase_timeout_seconds=_number(env, "SUPABASE_TIMEOUT_SECONDS", 10),
             openai_api_key=_text(env, "OPENAI_API_KEY"),
             openai_base_url=_text(env, "OPENAI_BASE_URL"),
             openai_model=_text(env, "OPENAI_MODEL", cls.openai_model) or cls.openai_model,
@@ -131,4 +145,6 @@ class Settings:
             sweeper_function_name=_text(env, "SWEEPER_FUNCTION_NAME"),
             sweep_token=_text(env, "SWEEP_TOKEN"),
             database_pool_size=int(_number(env, "DATABASE_POOL_SIZE", 10, whole=True)),
+            retention_days=_number(env, "RETENTION_DAYS", 30),
+            purge_batch_size=int(_number(env, "PURGE_BATCH_SIZE", 500, whole=True)),
         )

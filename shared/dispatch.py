@@ -19,24 +19,26 @@ FLUSH_EVENT_SOURCE = "chatbuffer.flush"
 
 
 class Dispatcher(Protocol):
-    async def dispatch(self, buffer_ids: Sequence[int]) -> None: ...
+    async def dispatch(self, buffer_ids: Sequence[int], *, fallback: bool = True) -> None:
+        """Start a sweep pass elsewhere: a fallback flush of `buffer_ids`, or (fallback False)
+        a full pass, as POST /sweep asks for."""
 
 
 class InProcessDispatcher:
     """Runs a sweep pass as a background task of this process (chatbuffer serve, tests)."""
 
-    def __init__(self, run_pass: Callable[[Sequence[int]], Awaitable[object]]) -> None:
+    def __init__(self, run_pass: Callable[..., Awaitable[object]]) -> None:
         self._run_pass = run_pass
         self._tasks: set[asyncio.Task[object]] = set()
 
-    async def dispatch(self, buffer_ids: Sequence[int]) -> None:
-        task = asyncio.create_task(self._guarded(list(buffer_ids)))
+    async def dispatch(self, buffer_ids: Sequence[int], *, fallback: bool = True) -> None:
+        task = asyncio.create_task(self._guarded(list(buffer_ids), fallback))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guarded(self, buffer_ids: list[int]) -> None:
+    async def _guarded(self, buffer_ids: list[int], fallback: bool) -> None:
         try:
-            await self._run_pass(buffer_ids)
+            await self._run_pass(buffer_ids, fallback=fallback)
         except Exception:  # the buffers stay due: the next pass or webhook picks them up
             log.exception("fallback sweep pass failed")
 
@@ -52,8 +54,9 @@ class LambdaDispatcher:
         self._function_name = function_name
         self._client = None
 
-    async def dispatch(self, buffer_ids: Sequence[int]) -> None:
-        payload = json.dumps({"source": FLUSH_EVENT_SOURCE, "buffer_ids": list(buffer_ids)}).encode()
+    async def dispatch(self, buffer_ids: Sequence[int], *, fallback: bool = True) -> None:
+        payload = json.dumps({"source": FLUSH_EVENT_SOURCE, "buffer_ids": list(buffer_ids),
+                              "fallback": fallback}).encode()
         await asyncio.to_thread(self._invoke, payload)
 
     def _invoke(self, payload: bytes) -> None:

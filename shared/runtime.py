@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Sequence
 
 from shared.config import ConfigError, Settings
 from shared.db.store import BufferStore, Connector
@@ -39,14 +40,21 @@ class Runtime:
 
     @cached_property
     def store(self) -> BufferStore:
-        connector = self._connector
-        if connector is None:
-            if not self.settings.database_url:
-                raise ConfigError("DATABASE_URL is not set")
-            from shared.db.postgres import PostgresConnector
+        return BufferStore(self._connector or self._default_connector(), self.settings.timing)
 
-            connector = PostgresConnector(self.settings.database_url, pool_size=self.settings.database_pool_size)
-        return BufferStore(connector, self.settings.timing)
+    def _default_connector(self) -> Connector:
+        """Supabase's Data API when its URL and key are set, else a direct PostgreSQL connection."""
+        s = self.settings
+        if s.uses_supabase:
+            from shared.db.supabase import SupabaseConnector
+
+            return SupabaseConnector(s.supabase_url or "", s.supabase_service_role_key or "",
+                                     timeout=s.supabase_timeout_seconds)
+        if not s.database_url:
+            raise ConfigError("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY, or DATABASE_URL")
+        from shared.db.postgres import PostgresConnector
+
+        return PostgresConnector(s.database_url, pool_size=s.database_pool_size)
 
     @cached_property
     def responder(self) -> Responder:
@@ -98,7 +106,8 @@ class Runtime:
 
         s = self.settings
         return Sweeper(self.store, self.processor, concurrency=s.sweep_concurrency,
-                       lease_seconds=s.lease_seconds, max_attempts=s.max_attempts)
+                       lease_seconds=s.lease_seconds, max_attempts=s.max_attempts,
+                       retention_seconds=s.retention_days * 86400, purge_batch_size=s.purge_batch_size)
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
@@ -108,11 +117,12 @@ class Runtime:
             return LambdaDispatcher(self.settings.sweeper_function_name)
         from shared.dispatch import InProcessDispatcher
 
-        return InProcessDispatcher(self.fallback_pass)
+        return InProcessDispatcher(self.sweep_pass)
 
-    async def fallback_pass(self, buffer_ids: Any) -> object:
-        """The pass a fallback flush triggers: the flushed buffers first, then a few others due."""
-        limit = len(buffer_ids) + self.settings.fallback_pickup_limit
+    async def sweep_pass(self, buffer_ids: Sequence[int] = (), *, fallback: bool = True) -> Counter[str]:
+        """A pass someone asked for. A fallback flush takes its buffers first and a few others
+        due (FALLBACK_PICKUP_LIMIT); POST /sweep (fallback False) takes everything due."""
+        limit = len(buffer_ids) + self.settings.fallback_pickup_limit if fallback else None
         return await self.new_sweeper().run_once(prefer_ids=buffer_ids, limit=limit)
 
     async def close(self) -> None:

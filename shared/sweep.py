@@ -21,17 +21,23 @@ from shared.processing import BufferProcessor
 
 log = logging.getLogger(__name__)
 
+PURGE_EVERY_SECONDS = 60
+
 
 class Sweeper:
     def __init__(
         self, store: BufferStore, processor: BufferProcessor, *,
         concurrency: int, lease_seconds: float, max_attempts: int,
+        retention_seconds: float = 30 * 86400, purge_batch_size: int = 500,
     ) -> None:
         self._store = store
         self._processor = processor
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
+        self._retention_seconds = retention_seconds
+        self._purge_batch_size = purge_batch_size
+        self._next_purge = 0.0
         self._tasks: set[asyncio.Task[str]] = set()
         self._wake: asyncio.Event | None = None
         self._sleeping_until = float("inf")
@@ -92,7 +98,17 @@ class Sweeper:
             log.error("%s", config.settings_error)
         for buffer_id, status in await self._store.reclaim_expired_leases(self._max_attempts):
             log.warning("buffer %s: lease expired, now %s", buffer_id, status)
+        await self._purge_now_and_then()
         return config
+
+    async def _purge_now_and_then(self) -> None:
+        """Retention: one small batch of old finished bursts, at most once a minute per sweeper."""
+        if time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+        purged = await self._store.purge_finished_buffers(self._retention_seconds, self._purge_batch_size)
+        if purged:
+            log.info("retention: purged %d finished buffer(s)", purged)
 
     async def _fill_slots(
         self, config: RuntimeConfig, prefer_ids: Sequence[int] = (), budget: float = float("inf")

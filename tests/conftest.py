@@ -10,12 +10,19 @@ import pytest
 from shared.channels.chatwoot import sign
 from shared.config import BufferTiming, Settings
 from shared.db.postgres import PostgresConnector
-from shared.db.store import BufferStore
+from shared.db.store import BufferStore, Connector
+from shared.db.supabase import SupabaseConnector
 from tests.support.database import DatabaseFactory, server_dsn
-from tests.support.far_side import FarSide, start_far_side
+from tests.support.far_side import FarSide, ServerThread, start_far_side
+from tests.support.postgrest_gateway import PostgrestGateway
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WEBHOOK_SECRET = "test-webhook-secret"
+# Test keys of the PostgREST gateway: which database role a call runs as.
+SERVICE_ROLE_KEY = "test-service-role-key"
+ANON_KEY = "test-anon-key"
+AUTHENTICATED_KEY = "test-authenticated-key"
+GATEWAY_KEYS = {SERVICE_ROLE_KEY: "service_role", ANON_KEY: "anon", AUTHENTICATED_KEY: "authenticated"}
 
 # For SQL tests that check computed due times.
 FAST_TIMING = BufferTiming(buffer_window_seconds=0.3, buffer_max_age_seconds=3, buffer_max_messages=50,
@@ -60,8 +67,21 @@ async def database_url(databases: DatabaseFactory) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[BufferStore]:
-    store = BufferStore(PostgresConnector(database_url), FAST_TIMING)
+def gateway_url(database_url: str) -> Iterator[str]:
+    """A PostgREST-compatible gateway (test code) in front of this test's database."""
+    with ServerThread(PostgrestGateway(database_url, GATEWAY_KEYS).app()) as server:
+        yield server.url
+
+
+# The store contract suite: every test that takes `store` runs against both implementations.
+@pytest.fixture(params=["postgres", "supabase"])
+async def store(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[BufferStore]:
+    connector: Connector
+    if request.param == "postgres":
+        connector = PostgresConnector(database_url)
+    else:
+        connector = SupabaseConnector(request.getfixturevalue("gateway_url"), SERVICE_ROLE_KEY)
+    store = BufferStore(connector, FAST_TIMING)
     yield store
     await store.close()
 

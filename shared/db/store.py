@@ -20,6 +20,15 @@ class Connector(Protocol):
     async def close(self) -> None: ...
 
 
+def _single(rows: list[Any], column: str) -> Any:
+    """The value of a one-column result. PostgREST returns such rows as bare values, a direct
+    query as {column: value}; both mean the same."""
+    if not rows:
+        return None
+    row = rows[0]
+    return row[column] if isinstance(row, dict) else row
+
+
 class BufferStore:
     def __init__(self, connector: Connector, timing: BufferTiming) -> None:
         self._connector = connector
@@ -64,14 +73,14 @@ class BufferStore:
             "extend_lease",
             {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_lease_seconds": lease_seconds},
         )
-        return bool(rows[0]["extended"])
+        return bool(_single(rows, "extended"))
 
     async def complete_buffer(self, buffer: ClaimedBuffer, reply: str) -> bool:
         rows = await self._connector.call(
             "complete_buffer",
             {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_reply": reply},
         )
-        return bool(rows[0]["completed"])
+        return bool(_single(rows, "completed"))
 
     async def fail_buffer(
         self, buffer: ClaimedBuffer, error: str, *, max_attempts: int, backoff_seconds: float,
@@ -97,8 +106,14 @@ class BufferStore:
 
     async def seconds_until_next_due(self) -> float | None:
         rows = await self._connector.call("seconds_until_next_due", {})
-        seconds = rows[0]["seconds"] if rows else None
+        seconds = _single(rows, "seconds")
         return None if seconds is None else float(seconds)
+
+    async def purge_finished_buffers(self, older_than_seconds: float, batch_size: int) -> int:
+        rows = await self._connector.call(
+            "purge_finished_buffers", {"p_older_than_seconds": older_than_seconds, "p_batch_size": batch_size}
+        )
+        return int(_single(rows, "purged"))
 
     async def runtime_config(self) -> RuntimeConfig:
         rows = await self._connector.call("runtime_config", {"p_defaults": self._defaults})

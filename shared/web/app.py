@@ -136,7 +136,7 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
             chatwoot.verify_token(expected, given)
         except chatwoot.BadSignature:
             return _reply(401, error="missing or wrong bearer token")
-        await runtime.dispatcher.dispatch([])
+        await runtime.dispatcher.dispatch([], fallback=False)
         return _reply(202, status="sweep started")
 
     return app

@@ -9,6 +9,17 @@ alter table public.buffered_messages enable row level security;
 alter table public.feature_flags enable row level security;
 alter table public.buffer_settings enable row level security;
 
+-- RLS with no permissive policy already shows these roles nothing; the explicit deny says so in
+-- Studio and satisfies Supabase's linter (0008, RLS enabled but no policy).
+create policy api_roles_denied on public.message_buffer as restrictive
+    for all to anon, authenticated using (false) with check (false);
+create policy api_roles_denied on public.buffered_messages as restrictive
+    for all to anon, authenticated using (false) with check (false);
+create policy api_roles_denied on public.feature_flags as restrictive
+    for all to anon, authenticated using (false) with check (false);
+create policy api_roles_denied on public.buffer_settings as restrictive
+    for all to anon, authenticated using (false) with check (false);
+
 revoke all on public.message_buffer, public.buffered_messages, public.feature_flags,
               public.buffer_settings
     from public, anon, authenticated;

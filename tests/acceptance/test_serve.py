@@ -86,3 +86,36 @@ async def test_burst_answered_once_then_next_turn_sees_history(server: str, far_
     assert {"role": "assistant", "content": far_side.replies[0]["body"]["content"]} in history
     rows = await buffers(database_url)
     assert [(r["status"], r["message_count"]) for r in rows] == [("completed", 3), ("completed", 1)]
+
+
+def test_serve_on_a_fresh_machine_uses_the_embedded_database(tmp_path: Any) -> None:
+    """The README's main command: no DATABASE_URL, no OpenAI key, no Chatwoot."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI", "CHATWOOT", "SUPABASE"))}
+    env |= {"CHATBUFFER_DATA_DIR": str(tmp_path / "pgdata"), "BUFFER_WINDOW_SECONDS": "0.3",
+            "BUFFER_MAX_AGE_SECONDS": "5", "SWEEP_INTERVAL_SECONDS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "serve did not start"
+            time.sleep(0.2)
+        body = json.dumps(chatwoot_fixture("message_created_incoming_text")).encode()
+        response = httpx.post(f"{url}/webhooks/chatwoot", content=body, headers={"content-type": "application/json"})
+        assert response.json()["status"] == "buffered"
+        time.sleep(2.5)  # the window ends and the in-process sweeper answers
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "using the embedded PostgreSQL" in output
+    assert "OFFLINE PLACEHOLDER" in output and "replies are printed to this console" in output
+    assert "NEITHER CHATWOOT_WEBHOOK_SECRET NOR CHATWOOT_WEBHOOK_TOKEN" in output
+    assert "[offline placeholder reply: no OPENAI_API_KEY] received 1 message(s)" in output
