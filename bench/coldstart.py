@@ -14,7 +14,6 @@ has extras (click, pygments...) that some libraries import when present, which L
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys

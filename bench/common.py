@@ -9,14 +9,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-import httpx
 
 from tests.support.database import DatabaseFactory
 from tests.support.far_side import free_port
+from tests.support.processes import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -72,21 +71,6 @@ def uvicorn_server(app: str, env: dict[str, str], *, factory: bool = False) -> I
             process.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout or process.stderr
-            raise RuntimeError(f"server exited:\n{output.read() if output else ''}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"server at {url} did not become healthy")
 
 
 def require_tool(name: str, install_hint: str) -> str:

@@ -88,7 +88,7 @@ async def run_async(smoke: bool) -> dict[str, Any]:
     per_file = 4_000 if smoke else 60_000
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: Path(tmp) / f"{name}.txt" for name in ("warmup", "load", "single")}
-        for offset, (name, path) in enumerate(files.items()):
+        for offset, path in enumerate(files.values()):
             write_requests(path, per_file, first_id=1_000_000 * (offset + 1), conversations=2_000)
         runs: dict[str, list[dict[str, Any]]] = {"floor": [], "chatbuffer": []}
         async with database_factory() as factory:

@@ -27,8 +27,8 @@ import asyncpg
 import httpx
 
 from bench.common import ROOT, database_factory, median, percentile, uvicorn_server
+from tests.support.processes import chatbuffer_serve
 from shared.channels.chatwoot import sign
-from tests.support.far_side import free_port
 
 SECRET = "bench-webhook-secret"
 WINDOW = 1.0
@@ -144,20 +144,10 @@ async def measure(factory: Any, mode: str, events: list[tuple[float, int, int]],
 
 
 async def serve_and_replay(env: dict[str, str], events: list[tuple[float, int, int]], drain: float) -> None:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--port", str(port)], cwd=ROOT,
-                               env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    from bench.common import wait_until_healthy
-
-    try:
-        url = f"http://127.0.0.1:{port}"
-        await asyncio.to_thread(wait_until_healthy, url, process)
+    with chatbuffer_serve({**os.environ, **env}, output=[]) as url:
         started = time.monotonic()
         await replay_http(url, events)
         await asyncio.sleep(max(0, drain - (time.monotonic() - started)))
-    finally:
-        process.terminate()
-        await asyncio.to_thread(process.wait)
 
 
 async def run_async(smoke: bool) -> dict[str, Any]:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Any, Iterator
 
@@ -14,13 +11,13 @@ import httpx
 import pytest
 
 from tests.conftest import WEBHOOK_SECRET, chatwoot_fixture, incoming, signed_headers
-from tests.support.far_side import FarSide, free_port
+from tests.support.far_side import FarSide
+from tests.support.processes import chatbuffer_serve
 from tests.support.sql import buffers
 
 
 @pytest.fixture
 def server(database_url: str, far_side: FarSide) -> Iterator[str]:
-    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -29,25 +26,8 @@ def server(database_url: str, far_side: FarSide) -> Iterator[str]:
         "CHATWOOT_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "BUFFER_WINDOW_SECONDS": "0.6", "BUFFER_MAX_AGE_SECONDS": "10", "SWEEP_INTERVAL_SECONDS": "1",
     }
-    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise AssertionError(f"serve did not start:\n{process.stdout.read() if process.stdout else ''}")
-            time.sleep(0.1)
+    with chatbuffer_serve(env, output=[]) as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=20)
-        assert process.returncode == 0, output
 
 
 def post(url: str, payload: dict[str, Any], **header_options: Any) -> httpx.Response:
@@ -90,31 +70,16 @@ async def test_burst_answered_once_then_next_turn_sees_history(server: str, far_
 
 def test_serve_on_a_fresh_machine_uses_the_embedded_database(tmp_path: Any) -> None:
     """The README's main command: no DATABASE_URL, no OpenAI key, no Chatwoot."""
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI", "CHATWOOT", "SUPABASE"))}
     env |= {"CHATBUFFER_DATA_DIR": str(tmp_path / "pgdata"), "BUFFER_WINDOW_SECONDS": "0.3",
             "BUFFER_MAX_AGE_SECONDS": "5", "SWEEP_INTERVAL_SECONDS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "serve did not start"
-            time.sleep(0.2)
+    outputs: list[str] = []
+    with chatbuffer_serve(env, outputs, timeout=60) as url:
         body = json.dumps(chatwoot_fixture("message_created_incoming_text")).encode()
         response = httpx.post(f"{url}/webhooks/chatwoot", content=body, headers={"content-type": "application/json"})
         assert response.json()["status"] == "buffered"
         time.sleep(2.5)  # the window ends and the in-process sweeper answers
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
+    output = outputs[0]
     assert "using the embedded PostgreSQL" in output
     assert "OFFLINE PLACEHOLDER" in output and "replies are printed to this console" in output
     assert "NEITHER CHATWOOT_WEBHOOK_SECRET NOR CHATWOOT_WEBHOOK_TOKEN" in output

@@ -12,7 +12,7 @@ come back as {"code", "message", "details", "hint"} with PostgREST's status code
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import asyncpg
 from starlette.applications import Starlette
