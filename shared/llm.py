@@ -47,13 +47,12 @@ class OpenAIResponder:
     """Any OpenAI-compatible Chat Completions server (OPENAI_BASE_URL), via the official SDK."""
 
     def __init__(
-        self, *, api_key: str, model: str, system_prompt: str, base_url: str | None = None,
-        timeout: float = 30, http_client: Any = None,
+        self, *, api_key: str, model: str, system_prompt: str, base_url: str | None = None, timeout: float = 30,
     ) -> None:
         from openai import AsyncOpenAI  # heavy: imported only where replies are generated
 
         self._client = AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1, http_client=http_client
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1
         )
         self._model = model
         self._system_prompt = system_prompt

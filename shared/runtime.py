@@ -1,8 +1,8 @@
 """The process's long-lived parts, each built once on first use (no I/O or heavy import before).
 
-A Lambda container keeps one Runtime across invocations; tests build their own with fakes on the
-far side of HTTP. The webhook only ever touches `store` and `dispatcher`, so the model SDK and the
-HTTP client are never imported on its path.
+A Lambda container keeps one Runtime across invocations; tests build their own from Settings that
+point at fakes on the far side of HTTP. The webhook only ever touches `store` and `dispatcher`,
+so the model SDK and the HTTP client are never imported on its path.
 """
 
 from __future__ import annotations
@@ -26,23 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(
-        self, settings: Settings, *, connector: Connector | None = None,
-        responder: Responder | None = None, outbox: Outbox | None = None,
-        openai_http_client: Any = None,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._connector = connector
-        self._responder = responder
-        self._outbox = outbox
-        self._openai_http_client = openai_http_client
-        self._http: Any = None
+        self._http: Any = None  # the Chatwoot client's httpx client, closed with the runtime
 
     @cached_property
     def store(self) -> BufferStore:
-        return BufferStore(self._connector or self._default_connector(), self.settings.timing)
+        return BufferStore(self._connector(), self.settings.timing)
 
-    def _default_connector(self) -> Connector:
+    def _connector(self) -> Connector:
         """Supabase's Data API when its URL and key are set, else a direct PostgreSQL connection."""
         s = self.settings
         if s.uses_supabase:
@@ -58,8 +50,6 @@ class Runtime:
 
     @cached_property
     def responder(self) -> Responder:
-        if self._responder is not None:
-            return self._responder
         s = self.settings
         if not s.openai_api_key:
             from shared.llm import OfflinePlaceholderResponder
@@ -70,13 +60,11 @@ class Runtime:
 
         return OpenAIResponder(
             api_key=s.openai_api_key, model=s.openai_model, system_prompt=s.system_prompt,
-            base_url=s.openai_base_url, timeout=s.openai_timeout_seconds, http_client=self._openai_http_client,
+            base_url=s.openai_base_url, timeout=s.openai_timeout_seconds,
         )
 
     @cached_property
     def outbox(self) -> Outbox:
-        if self._outbox is not None:
-            return self._outbox
         s = self.settings
         if not (s.chatwoot_base_url and s.chatwoot_api_token):
             from shared.processing import ConsoleOutbox
