@@ -38,14 +38,15 @@ class SupabaseConnector:
 
     def _get_client(self) -> AsyncPostgrestClient:
         if self._client is None:
-            # Legacy JWT keys and the new sb_secret_ keys both go in `apikey`; the client sends
-            # the key as the bearer too, as supabase-py does.
+            # Legacy JWT keys and the new sb_secret_ keys both go in `apikey`; the key is sent as
+            # the bearer too, as supabase-py does. The client adds these headers to every request;
+            # the httpx client we hand it only carries the timeout (its own parameter is deprecated).
             base_url = f"{self._url}/rest/v1"
             headers = {"Accept": "application/json", "Content-Type": "application/json",
                        "apikey": self._key, "Authorization": f"Bearer {self._key}"}
-            http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=httpx.Timeout(self._timeout))
-            # No client-side retries: a claim is not idempotent, and every caller already retries
-            # at its own level (Chatwoot redelivers on 500; a sweeper tries again next pass).
+            http = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(self._timeout))
+            # postgrest-py would retry only GETs; off all the same, so no call is ever repeated
+            # behind our back: callers retry at their own level (Chatwoot redelivers on 500).
             self._client = AsyncPostgrestClient(base_url, headers=headers, http_client=http, retry_enabled=False)
         return self._client
 
