@@ -28,7 +28,7 @@ class Sweeper:
     def __init__(
         self, store: BufferStore, processor: BufferProcessor, *,
         concurrency: int, lease_seconds: float, max_attempts: int,
-        retention_seconds: float = 30 * 86400, purge_batch_size: int = 500,
+        retention_seconds: float, purge_batch_size: int,
     ) -> None:
         self._store = store
         self._processor = processor
