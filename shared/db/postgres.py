@@ -7,11 +7,11 @@ it across invocations, and nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Mapping
 
 import asyncpg
+import orjson
 
 from shared.db.errors import StoreError, StoreUnavailable
 
@@ -28,9 +28,14 @@ _RETRYABLE = (
 )
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # orjson, as for webhook bodies: every ingest sends two json arguments.
     for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(type_name, encoder=_json_text, decoder=orjson.loads, schema="pg_catalog")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

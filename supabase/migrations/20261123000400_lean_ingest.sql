@@ -22,6 +22,7 @@ declare
     cfg record;
     buffering boolean;
     fallback boolean;
+    operator_settings boolean;  -- a value is set in buffer_settings
     existing_buffer bigint;
     buf_id bigint;
     buf_first_message_at timestamptz;
@@ -42,10 +43,11 @@ begin
     end if;
 
     select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false),
-           not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false)
-      into buffering, fallback
+           not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false),
+           exists (select 1 from public.buffer_settings s where s.setting_value is not null)
+      into buffering, fallback, operator_settings
       from public.feature_flags f;
-    if exists (select 1 from public.buffer_settings s where s.setting_value is not null) then
+    if operator_settings then
         select * into cfg from public.effective_settings(p_defaults);
     else
         select (p_defaults->>'buffer_window_seconds')::numeric as window_seconds,
