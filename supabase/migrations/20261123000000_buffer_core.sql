@@ -210,6 +210,7 @@ begin
 end;
 $$;
 
+-- (Dropped by 20261123000400_lean_ingest.sql, which inlines it into ingest_message.)
 -- The debounce rule, pure: when does a buffer with this history become due?
 -- Sliding window capped by max age; at max count at once. With no scheduler (fallback), the
 -- count-or-age rule of seed 004 applies on top, so a webhook can flush it without waiting.
@@ -235,6 +236,7 @@ begin
 end;
 $$;
 
+-- Superseded by 20261123000400_lean_ingest.sql: the same contract with less work per message.
 -- Where a message enters. One call: dedupe, find or open the conversation's open buffer, store the
 -- message, push the due time. With no scheduler (buffer_sweeper off) it also tells the caller what
 -- to flush itself: flush_now when this buffer is due already (count-or-age, max count, buffering
