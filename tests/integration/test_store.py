@@ -217,6 +217,20 @@ async def test_settings_table_wins_over_environment(store: BufferStore, database
     assert config.sweep_interval_seconds == FAST_TIMING.sweep_interval_seconds
 
 
+async def test_settings_back_and_forth_between_table_and_environment(store: BufferStore, database_url: str) -> None:
+    # ingest_message reads effective_settings() only while a value is set in the table; both
+    # paths must give the same shape of values on the same pooled connections, in either order.
+    windows = {}
+    for step, value in enumerate([None, 2, None, 1]):
+        await execute(database_url, "update public.buffer_settings set setting_value = $1"
+                                    " where setting_name = 'buffer_window_seconds'", value)
+        result = await store.ingest(msg(f"m{step}", conversation=f"c{step}"))
+        (row,) = [r for r in await buffers(database_url) if r["id"] == result.buffer_id]
+        windows[step] = row["due_at"] - row["last_message_at"]
+        assert result.settings_error is None
+    assert windows == {0: WINDOW, 1: timedelta(seconds=2), 2: WINDOW, 3: timedelta(seconds=1)}
+
+
 @pytest.mark.parametrize(
     ("updates", "error"),
     [
