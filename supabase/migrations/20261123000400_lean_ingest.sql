@@ -51,6 +51,8 @@ begin
     if operator_settings then
         select * into cfg from public.effective_settings(p_defaults);
     else
+        -- The environment defaults exactly as effective_settings() starts from them: a setting
+        -- added there must be added here too.
         select (p_defaults->>'buffer_window_seconds')::numeric as window_seconds,
                (p_defaults->>'buffer_max_age_seconds')::numeric as max_age_seconds,
                (p_defaults->>'buffer_max_messages')::integer as max_messages,
