@@ -35,6 +35,8 @@ def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str 
     return value or default
 
 
+STRUCTURED_OUTPUT_MODES = ("auto", "on", "off")
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful customer service assistant replying on WhatsApp. The customer may have sent "
     "several short messages in a row: read them all and answer them together in one concise reply, "
@@ -74,6 +76,8 @@ class Settings:
     openai_base_url: str | None = None
     openai_model: str = "gpt-4.1-mini"
     openai_timeout_seconds: float = 30
+    openai_structured_output: str = "auto"
+    openai_transcription_model: str = "gpt-4o-mini-transcribe"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     chatwoot_base_url: str | None = None
     chatwoot_api_token: str | None = field(default=None, repr=False)
@@ -93,6 +97,10 @@ class Settings:
     database_pool_size: int = 10
     retention_days: float = 30
     purge_batch_size: int = 500
+    bot_pause_after_human_seconds: float = 86400
+    media_max_audio_mb: float = 25
+    media_max_image_mb: float = 5
+    media_max_images: int = 4
 
     @property
     def uses_supabase(self) -> bool:
@@ -101,6 +109,9 @@ class Settings:
     def __post_init__(self) -> None:
         if bool(self.supabase_url) != bool(self.supabase_service_role_key):
             raise ConfigError("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY go together: set both or neither")
+        if self.openai_structured_output not in STRUCTURED_OUTPUT_MODES:
+            raise ConfigError(f"OPENAI_STRUCTURED_OUTPUT={self.openai_structured_output!r} must be one of "
+                              + ", ".join(STRUCTURED_OUTPUT_MODES))
         if self.lease_seconds <= self.openai_timeout_seconds:
             raise ConfigError(
                 f"LEASE_SECONDS ({self.lease_seconds:g}) must be greater than "
@@ -128,6 +139,9 @@ class Settings:
             openai_base_url=_text(env, "OPENAI_BASE_URL"),
             openai_model=_text(env, "OPENAI_MODEL", cls.openai_model) or cls.openai_model,
             openai_timeout_seconds=_number(env, "OPENAI_TIMEOUT_SECONDS", 30),
+            openai_structured_output=(_text(env, "OPENAI_STRUCTURED_OUTPUT", "auto") or "auto").lower(),
+            openai_transcription_model=_text(env, "OPENAI_TRANSCRIPTION_MODEL", cls.openai_transcription_model)
+            or cls.openai_transcription_model,
             system_prompt=_text(env, "SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT) or DEFAULT_SYSTEM_PROMPT,
             chatwoot_base_url=(_text(env, "CHATWOOT_BASE_URL") or "").rstrip("/") or None,
             chatwoot_api_token=_text(env, "CHATWOOT_API_TOKEN"),
@@ -147,4 +161,8 @@ class Settings:
             database_pool_size=int(_number(env, "DATABASE_POOL_SIZE", 10, whole=True)),
             retention_days=_number(env, "RETENTION_DAYS", 30),
             purge_batch_size=int(_number(env, "PURGE_BATCH_SIZE", 500, whole=True)),
+            bot_pause_after_human_seconds=_number(env, "BOT_PAUSE_AFTER_HUMAN_SECONDS", 86400),
+            media_max_audio_mb=_number(env, "MEDIA_MAX_AUDIO_MB", 25),
+            media_max_image_mb=_number(env, "MEDIA_MAX_IMAGE_MB", 5),
+            media_max_images=int(_number(env, "MEDIA_MAX_IMAGES", 4, whole=True)),
         )

@@ -1,44 +1,40 @@
-"""Where the reply leaves: one claimed buffer -> typing on -> one model call -> reply -> complete.
+"""Where the reply leaves: one claimed buffer -> typing on -> media -> one model call -> fence ->
+reply (and hand-off) -> complete.
 
-Failures never lose the burst: the buffer goes back for a retry with backoff (keeping a reply
-already generated), and after max attempts it is `failed` with the error, for an operator.
+The fence (`fence_reply` in SQL) is the last step before anything reaches the customer, atomic with
+ingest: if the lease was lost, nothing is sent; if a human took over meanwhile, the burst is
+cancelled; if the customer wrote again while the reply was being written, the draft is discarded
+and the burst waits again with the new messages, so one reply answers them all (past
+BUFFER_MAX_AGE_SECONDS the draft is sent, so a customer who never stops typing is still answered).
+
+Failures never lose the burst: the buffer goes back for a retry with backoff (keeping a decision
+already taken), and after max attempts it is `failed` with the error, for an operator.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from typing import Protocol, TextIO
+from typing import Protocol
 
 from shared.db.store import BufferStore
 from shared.llm import Responder
-from shared.models import ClaimedBuffer, RuntimeConfig
+from shared.media import MediaPreparer
+from shared.models import ClaimedBuffer, Reply, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
 
 class Outbox(Protocol):
-    """Where replies go: Chatwoot's API (shared/channels/chatwoot.py) or the console."""
+    """A channel's client (shared/channels/): where replies go, and where media come from."""
 
     async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None: ...
 
     async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None: ...
 
+    async def hand_off(self, account_id: str, conversation_id: str, reason: str, buffer_id: int) -> None: ...
 
-class ConsoleOutbox:
-    """Local use without Chatwoot: replies are printed here (and stored as history as usual)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream
-
-    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None:
-        stream = self._stream or sys.stdout
-        print(f"[reply to chatwoot account {account_id} conversation {conversation_id}, "
-              f"buffer {buffer_id}]\n{content}", file=stream, flush=True)
-
-    async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None:
-        return None
+    async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]: ...
 
 
 class LeaseLost(Exception):
@@ -47,49 +43,81 @@ class LeaseLost(Exception):
 
 class BufferProcessor:
     def __init__(
-        self, store: BufferStore, responder: Responder, outbox: Outbox, *,
+        self, store: BufferStore, responder: Responder, outbox: Outbox, media: MediaPreparer, *,
         history_messages: int, lease_seconds: float, max_attempts: int, retry_backoff_seconds: float,
+        pause_seconds: float,
     ) -> None:
         self._store = store
         self._responder = responder
         self._outbox = outbox
+        self._media = media
         self._history_messages = history_messages
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
         self._backoff = retry_backoff_seconds
+        self._pause_seconds = pause_seconds
 
     async def process(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> str:
-        """Answer one claimed buffer; returns its outcome: completed, retry, failed or lease_lost."""
+        """Answer one claimed buffer. Returns its outcome: completed, merged (the customer wrote
+        again: the draft was discarded), cancelled (a human took over), retry, failed or lease_lost."""
         started = time.monotonic()
         typing = config.typing_indicators
         if typing:
             await self._typing(buffer, True)
-        reply = buffer.reply_draft
+        reply = buffer.draft
         try:
             if reply is None:
-                turns = await self._store.buffer_prompt(buffer.buffer_id, self._history_messages)
-                reply = await self._responder.reply(turns)
-            # Fence before the one step that cannot be undone: if the lease was lost, another
-            # worker owns the burst now, and sending would answer it twice.
-            if not await self._store.extend_lease(buffer, self._lease_seconds):
-                raise LeaseLost(f"buffer {buffer.buffer_id}: lease lost before sending")
-            await self._outbox.post_reply(buffer.account_id, buffer.conversation_id, reply, buffer.buffer_id)
-            if not await self._store.complete_buffer(buffer, reply):
+                reply = await self._decide(buffer, config)
+            verdict = await self._store.fence_reply(buffer, self._lease_seconds)
+            if verdict != "send":
+                return self._not_sent(buffer, verdict)
+            await self._deliver(buffer, reply)
+            if not await self._store.complete_buffer(buffer, reply, pause_seconds=self._pause_seconds):
                 log.error("buffer %s: reply sent but the lease was gone at completion", buffer.buffer_id)
                 return "lease_lost"
         except LeaseLost as exc:
             log.warning("%s", exc)
             return "lease_lost"
-        except Exception as exc:  # any failure of the model, the channel or the store: retry later
+        except Exception as exc:  # any failure of media, the model, the channel or the store: retry later
             return await self._fail(buffer, exc, reply)
         finally:
             if typing:
                 await self._typing(buffer, False)
-        log.info("buffer %s completed: %s message(s), attempt %s, %.0f ms",
-                 buffer.buffer_id, buffer.message_count, buffer.attempts, (time.monotonic() - started) * 1000)
+        log.info("buffer %s completed (%s): %s message(s), attempt %s, %.0f ms", buffer.buffer_id, reply.outcome,
+                 buffer.message_count, buffer.attempts, (time.monotonic() - started) * 1000)
         return "completed"
 
-    async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: str | None) -> str:
+    async def _decide(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> Reply:
+        turns = await self._store.buffer_prompt(buffer.buffer_id, self._history_messages)
+        turns = await self._media.prepare(buffer, turns, config)
+        # Downloads and transcriptions take time: hold the lease for the model call that follows.
+        if not await self._store.extend_lease(buffer, self._lease_seconds):
+            raise LeaseLost(f"buffer {buffer.buffer_id}: lease lost before the model call")
+        return await self._responder.reply(turns)
+
+    async def _deliver(self, buffer: ClaimedBuffer, reply: Reply) -> None:
+        """Send the reply (if any), then hand off (if asked). A hand-off retried after its reply
+        left must not send the reply again: that is recorded first."""
+        if reply.text and not buffer.reply_sent:
+            await self._outbox.post_reply(buffer.account_id, buffer.conversation_id, reply.text, buffer.buffer_id)
+            if reply.handoff_reason:
+                await self._store.mark_reply_sent(buffer)
+        if reply.handoff_reason:
+            await self._outbox.hand_off(buffer.account_id, buffer.conversation_id, reply.handoff_reason,
+                                        buffer.buffer_id)
+
+    def _not_sent(self, buffer: ClaimedBuffer, verdict: str) -> str:
+        if verdict == "merged":
+            log.info("buffer %s: the customer wrote again while the reply was being written: draft discarded, "
+                     "the burst waits again with the new messages", buffer.buffer_id)
+        elif verdict == "cancelled":
+            log.info("buffer %s: the bot was paused (a human took over) before the reply was sent: cancelled",
+                     buffer.buffer_id)
+        else:
+            log.warning("buffer %s: lease lost before sending", buffer.buffer_id)
+        return verdict
+
+    async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: Reply | None) -> str:
         error = f"{type(exc).__name__}: {exc}"
         try:
             status = await self._store.fail_buffer(

@@ -61,32 +61,38 @@ class Runtime:
         return OpenAIResponder(
             api_key=s.openai_api_key, model=s.openai_model, system_prompt=s.system_prompt,
             base_url=s.openai_base_url, timeout=s.openai_timeout_seconds,
+            structured=s.openai_structured_output, transcription_model=s.openai_transcription_model,
         )
 
     @cached_property
     def outbox(self) -> Outbox:
+        import httpx
+
         s = self.settings
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
         if not (s.chatwoot_base_url and s.chatwoot_api_token):
-            from shared.processing import ConsoleOutbox
+            from shared.channels.console import ConsoleOutbox
 
             log.warning("CHATWOOT_BASE_URL/CHATWOOT_API_TOKEN not set: replies are printed to this "
                         "console and kept in message_buffer.reply_content, not sent to Chatwoot")
-            return ConsoleOutbox()
-        import httpx
-
+            return ConsoleOutbox(self._http)
         from shared.channels.chatwoot import ChatwootClient
 
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
         return ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, self._http)
 
     @cached_property
     def processor(self) -> BufferProcessor:
+        from shared.media import MB, MediaLimits, MediaPreparer
         from shared.processing import BufferProcessor
 
         s = self.settings
+        limits = MediaLimits(max_audio_bytes=int(s.media_max_audio_mb * MB), max_image_bytes=int(s.media_max_image_mb * MB),
+                             max_images=s.media_max_images)
+        media = MediaPreparer(self.outbox, self.responder, self.store, limits)
         return BufferProcessor(
-            self.store, self.responder, self.outbox, history_messages=s.history_messages,
+            self.store, self.responder, self.outbox, media, history_messages=s.history_messages,
             lease_seconds=s.lease_seconds, max_attempts=s.max_attempts, retry_backoff_seconds=s.retry_backoff_seconds,
+            pause_seconds=s.bot_pause_after_human_seconds,
         )
 
     def new_sweeper(self) -> Sweeper:

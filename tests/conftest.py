@@ -12,9 +12,11 @@ from shared.config import BufferTiming, Settings
 from shared.db.postgres import PostgresConnector
 from shared.db.store import BufferStore, Connector
 from shared.db.supabase import SupabaseConnector
+from shared.runtime import Runtime
 from tests.support.database import DatabaseFactory, server_dsn
 from tests.support.far_side import FarSide, ServerThread, start_far_side
 from tests.support.postgrest_gateway import PostgrestGateway
+from tests.support.webhook import Bot
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -95,14 +97,8 @@ def far_side_server() -> Iterator[FarSide]:
 
 @pytest.fixture
 def far_side(far_side_server: FarSide) -> FarSide:
-    far = far_side_server
-    with far.lock:
-        far.completions.clear()
-        far.replies.clear()
-        far.typing.clear()
-        far.fail_completions = far.fail_replies = 0
-        far.openai_latency = far.chatwoot_latency = 0
-    return far
+    far_side_server.reset()
+    return far_side_server
 
 
 @pytest.fixture
@@ -121,3 +117,11 @@ def settings(database_url: str, far_side: FarSide) -> Settings:
         lease_seconds=40,
         sweep_token="test-sweep-token",
     )
+
+
+@pytest.fixture
+async def bot(settings: Settings) -> AsyncIterator[Bot]:
+    """The app behind signed webhooks plus sweep passes, on one runtime (see tests/support/webhook.py)."""
+    bot = Bot(Runtime(settings))
+    yield bot
+    await bot.close()

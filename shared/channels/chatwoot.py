@@ -1,22 +1,34 @@
-"""Chatwoot: verify a webhook, decide whether it is a customer message to buffer, send replies.
+"""Chatwoot: verify a webhook, read what it means, send replies, show typing, hand off, fetch media.
 
-Facts (../CHANNELS.md, Chatwoot 4.13): the signature is HMAC-SHA256 of "<timestamp>." + raw body;
-only `message_created` + `incoming` + not private, in a conversation the bot owns (`pending`), is a
-customer message; our own replies, human agents, private notes and echoes come back and must be
-ignored, or the bot would talk to itself.
+Facts (../CHANNELS.md, Chatwoot 4.13): the signature is HMAC-SHA256 of "<timestamp>." + raw body.
+Every event of the bot's inboxes comes here, ours included, and each means one thing:
+- a customer's message (`message_created`, `incoming`, not private): buffered, and answered only
+  while the conversation is the bot's (status `pending`; otherwise stored as history, unanswered);
+- a human's message (outgoing from a `user`, or an `external_echo` typed on the phone): a takeover;
+  Chatwoot Community Edition leaves the conversation `pending` when an agent replies, so the
+  status alone cannot tell that a human is talking;
+- a status change (`conversation_*`): away from the bot's statuses is a takeover, `resolved` and
+  back to `pending` resume the bot; these events carry no account object;
+- a customer's message edited or transcribed (`message_updated`);
+- our own replies, other bots' messages, private notes: ignored, or the bot would talk to itself.
+
+After a valid signature, reading is lenient: Chatwoot answers any 4xx on a pending conversation by
+handing the customer to a human, so an odd field is skipped, never refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import orjson  # json.loads was a third of the handler's own CPU under load (py-spy)
 
-from shared.models import InboundMessage
+from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit
 
 if TYPE_CHECKING:  # httpx stays off the webhook's import path
     import httpx
@@ -25,6 +37,15 @@ CHANNEL = "chatwoot"
 SIGNATURE_MAX_AGE_SECONDS = 300
 # Stored in content_attributes of every reply we post: Chatwoot echoes it back, marking our own.
 REPLY_MARKER = "chatbuffer_buffer_id"
+CONVERSATION_EVENTS = frozenset({
+    "conversation_status_changed", "conversation_opened", "conversation_resolved", "conversation_updated"})
+# What an attachment may tell the model (a location's coordinates, a contact's phone...); the rest
+# (thumbnails, ids, sizes in pixels) is left out of the stored row.
+ATTACHMENT_KEYS = ("file_type", "content_type", "extension", "data_url", "file_size", "coordinates_lat",
+                   "coordinates_long", "fallback_title", "meta", "transcribed_text")
+# Chatwoot's data_url can 404 for a few seconds right after message_created (the upload is still
+# running; Chatwoot itself waits up to 4 s): wait this long before each retry.
+MEDIA_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 class BadSignature(Exception):
@@ -33,6 +54,10 @@ class BadSignature(Exception):
 
 class BadPayload(ValueError):
     """The webhook body is not a Chatwoot event we can read."""
+
+
+class MediaUnavailable(Exception):
+    """An attachment could not be fetched; the message says why."""
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -65,40 +90,125 @@ def verify_token(expected: str, given: str | None) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
-    """A valid event that is not a customer message for the bot; acknowledged, never stored."""
+    """A valid event that asks nothing of the bot; acknowledged, never stored."""
 
     reason: str
 
 
-def parse_event(body: bytes, answer_statuses: frozenset[str]) -> InboundMessage | Ignored:
-    """Read a webhook body: a customer message to buffer, or why it is ignored. Raise BadPayload."""
+Event = InboundMessage | ConversationSignal | MessageEdit | Ignored
+
+
+def parse_event(body: bytes, answer_statuses: frozenset[str]) -> Event:
+    """What a webhook body means for the bot. Raise BadPayload only when it cannot be read at all."""
     try:
         event = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadPayload(f"body is not JSON: {exc}") from None
     if not isinstance(event, dict):
         raise BadPayload("body is not a JSON object")
-    if event.get("event") != "message_created":
-        return Ignored(f"event {event.get('event')!r}")
-    if event.get("message_type") != "incoming":
-        return Ignored(f"message_type {event.get('message_type')!r}")
+    kind = event.get("event")
+    if kind == "message_created":
+        return _message_created(event, answer_statuses)
+    if kind == "message_updated":
+        return _message_updated(event)
+    if kind in CONVERSATION_EVENTS:
+        return _conversation_event(event, answer_statuses)
+    return Ignored(f"event {kind!r}")
+
+
+def _message_created(event: Mapping[str, Any], answer_statuses: frozenset[str]) -> Event:
     if event.get("private"):
         return Ignored("private note")
-    if (event.get("content_attributes") or {}).get("external_echo"):
-        return Ignored("echo of a message sent from the phone")
+    if _mapping(event.get("content_attributes")).get("external_echo"):
+        return _takeover(event, "the business replied from the phone")
+    message_type = event.get("message_type")
+    if message_type in ("outgoing", "template"):
+        return _outgoing(event)
+    if message_type != "incoming":
+        return Ignored(f"message_type {message_type!r}")
     conversation = _object(event, "conversation")
     status = conversation.get("status")
-    if status not in answer_statuses:
-        return Ignored(f"conversation status {status!r}")
     return InboundMessage(
         channel=CHANNEL,
-        account_id=_id(_object(event, "account"), "account.id"),
-        conversation_id=_id(conversation, "conversation.id"),
-        external_id=_id(event, "id"),
-        content=_content(event),
+        account_id=_id(_object(event, "account").get("id"), "account.id"),
+        conversation_id=_id(conversation.get("id"), "conversation.id"),
+        external_id=_id(event.get("id"), "id"),
+        content=_content(event.get("content")),
         sent_at=_timestamp(event.get("created_at")),
-        attachments=tuple(_attachment(a) for a in event.get("attachments") or ()),
+        attachments=_attachments(event.get("attachments")),
+        inbox_id=_inbox_id(event, conversation),
+        hold_reason=None if status in answer_statuses else f"conversation status is {status!r}, not the bot's",
     )
+
+
+def _outgoing(event: Mapping[str, Any]) -> Event:
+    if REPLY_MARKER in _mapping(event.get("content_attributes")):
+        return Ignored("our own reply")
+    sender_type = _mapping(event.get("sender")).get("type")
+    if sender_type == "user":
+        return _takeover(event, "a human agent replied")
+    return Ignored(f"outgoing message from {sender_type or 'no sender'}")
+
+
+def _takeover(event: Mapping[str, Any], reason: str) -> ConversationSignal:
+    conversation = _object(event, "conversation")
+    sent_at = _timestamp(event.get("created_at"))
+    return ConversationSignal(
+        channel=CHANNEL,
+        account_id=_id(_object(event, "account").get("id"), "account.id"),
+        inbox_id=_inbox_id(event, conversation),
+        conversation_id=_id(conversation.get("id"), "conversation.id"),
+        kind="takeover",
+        reason=reason,
+        at=sent_at,
+        message=HumanMessage(_id(event.get("id"), "id"), _content(event.get("content")), sent_at,
+                             _attachments(event.get("attachments"))),
+    )
+
+
+def _message_updated(event: Mapping[str, Any]) -> Event:
+    if event.get("message_type") != "incoming" or event.get("private"):
+        return Ignored("update of a message that is not a customer's")
+    return MessageEdit(
+        channel=CHANNEL,
+        account_id=_id(_object(event, "account").get("id"), "account.id"),
+        external_id=_id(event.get("id"), "id"),
+        content=_content(event.get("content")),
+        attachments=_attachments(event.get("attachments")),
+    )
+
+
+def _conversation_event(event: Mapping[str, Any], answer_statuses: frozenset[str]) -> Event:
+    """A conversation event is the conversation itself: no account object, so the account comes
+    from its latest message when it has one, else the store finds it by the inbox."""
+    status = event.get("status")
+    if not isinstance(status, str):
+        return Ignored("conversation event without a status")
+    if status == "resolved":
+        kind, reason = "resolved", "conversation resolved"
+    elif status in answer_statuses:
+        if event.get("event") != "conversation_status_changed" and not _status_changed(event):
+            return Ignored(f"conversation is {status!r} and its status did not change")
+        kind, reason = "returned_to_bot", f"conversation back to {status!r}"
+    else:
+        kind, reason = "takeover", f"conversation status changed to {status!r}"
+    messages = [m for m in event.get("messages") or () if isinstance(m, dict)]
+    account = next((m["account_id"] for m in messages if _is_id(m.get("account_id"))), None)
+    return ConversationSignal(
+        channel=CHANNEL,
+        account_id=None if account is None else str(account).strip(),
+        inbox_id=_optional_id(event.get("inbox_id")),
+        conversation_id=_id(event.get("id"), "id"),
+        kind=kind,
+        reason=reason,
+        at=_timestamp(event.get("updated_at") or event.get("timestamp")),
+    )
+
+
+def _status_changed(event: Mapping[str, Any]) -> bool:
+    changed = event.get("changed_attributes")
+    entries = changed if isinstance(changed, list) else [changed]
+    return any(isinstance(entry, dict) and "status" in entry for entry in entries)
 
 
 def _object(event: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -108,64 +218,145 @@ def _object(event: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _id(obj: Mapping[str, Any], path: str) -> str:
-    value = obj.get("id")
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or str(value) == "":
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_id(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, str)) and str(value).strip() != ""
+
+
+def _id(value: Any, path: str) -> str:
+    """Ids are integers in Chatwoot 4.x; strings are accepted as well."""
+    if not _is_id(value):
         raise BadPayload(f"missing {path}")
-    return str(value)
+    return str(value).strip()
 
 
-def _content(event: Mapping[str, Any]) -> str | None:
-    content = event.get("content")
-    if content is not None and not isinstance(content, str):
-        raise BadPayload("content is not text")
-    return content
+def _optional_id(value: Any) -> str | None:
+    return str(value).strip() if _is_id(value) else None
+
+
+def _inbox_id(event: Mapping[str, Any], conversation: Mapping[str, Any]) -> str | None:
+    return _optional_id(conversation.get("inbox_id")) or _optional_id(_mapping(event.get("inbox")).get("id"))
+
+
+def _content(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    return None  # not text at all: the attachments (if any) still reach the model
 
 
 def _timestamp(value: Any) -> datetime | None:
+    """ISO-8601 (Chatwoot 4.x), 'YYYY-MM-DD hh:mm:ss UTC' (older Chatwoot), or unix seconds
+    (conversation events). Anything else: None, and the database stamps the arrival time."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
     if not isinstance(value, str):
-        return None  # the database stamps the arrival time instead
+        return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.strip().removesuffix(" UTC"))
     except ValueError:
-        raise BadPayload(f"created_at {value!r} is not ISO-8601") from None
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)  # Chatwoot's times are UTC
 
 
-def _attachment(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise BadPayload("attachments[] holds a non-object")
-    return {key: raw.get(key) for key in ("file_type", "content_type", "data_url")}
+def _attachments(raw: Any) -> tuple[dict[str, Any], ...]:
+    """Chatwoot's push_event_data can hold a null inside attachments[]: skipped, as any non-object."""
+    if not isinstance(raw, list):
+        return ()
+    return tuple({key: item[key] for key in ATTACHMENT_KEYS if item.get(key) is not None}
+                 for item in raw if isinstance(item, dict))
+
+
+async def fetch_attachment(
+    http: httpx.AsyncClient, url: str, *, max_bytes: int, allowed_host: str | None = None,
+    retry_delays: Sequence[float] = MEDIA_RETRY_DELAYS,
+) -> tuple[bytes, str | None]:
+    """GET an attachment's data_url (a public ActiveStorage redirect: no token, follow redirects),
+    retrying a 404 or a server error with backoff. Returns the bytes and their content type.
+
+    `allowed_host`: the Chatwoot host; a data_url elsewhere is refused, so a payload cannot make
+    the sweeper fetch an arbitrary address. No credentials are ever sent with the request.
+    """
+    import httpx  # the sweeper's path only
+
+    host = urlsplit(url).hostname
+    if urlsplit(url).scheme not in ("http", "https") or not host:
+        raise MediaUnavailable("data_url is not an http(s) address")
+    if allowed_host and host.lower() != allowed_host.lower():
+        raise MediaUnavailable(f"data_url host {host} is not CHATWOOT_BASE_URL's host {allowed_host}")
+    problem = "not fetched"
+    for delay in (*retry_delays, None):
+        try:
+            async with http.stream("GET", url, follow_redirects=True) as response:
+                if response.status_code == 404 or response.status_code >= 500:
+                    problem = f"HTTP {response.status_code}"
+                else:
+                    if response.status_code >= 400:
+                        raise MediaUnavailable(f"HTTP {response.status_code}")
+                    return await _read_capped(response, max_bytes), response.headers.get("content-type")
+        except httpx.TransportError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if delay is None:
+            break
+        await asyncio.sleep(delay)
+    raise MediaUnavailable(f"{problem} after {len(retry_delays) + 1} attempts")
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise MediaUnavailable(f"{int(declared)} bytes, over the {max_bytes}-byte limit")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > max_bytes:
+            raise MediaUnavailable(f"over the {max_bytes}-byte limit")
+    return bytes(body)
 
 
 class ChatwootClient:
-    """Chatwoot's REST API, as an Agent Bot token may use it: post replies, toggle typing."""
+    """Chatwoot's REST API, as an Agent Bot token may use it: post replies and private notes,
+    toggle typing and status; and the attachments' public data_url."""
 
     def __init__(self, base_url: str, api_token: str, http: httpx.AsyncClient) -> None:
         self._base = base_url.rstrip("/")
+        self._host = urlsplit(self._base).hostname
         self._headers = {"api_access_token": api_token}
         self._http = http
 
     def _url(self, account_id: str, conversation_id: str, action: str) -> str:
         return f"{self._base}/api/v1/accounts/{account_id}/conversations/{conversation_id}/{action}"
 
-    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None:
-        response = await self._http.post(
-            self._url(account_id, conversation_id, "messages"),
-            headers=self._headers,
-            json={
-                "content": content,
-                "message_type": "outgoing",
-                "private": False,
-                "content_type": "text",
-                "content_attributes": {REPLY_MARKER: buffer_id},
-            },
-        )
+    async def _post(self, account_id: str, conversation_id: str, action: str, body: dict[str, Any]) -> None:
+        response = await self._http.post(self._url(account_id, conversation_id, action),
+                                         headers=self._headers, json=body)
         response.raise_for_status()
 
+    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None:
+        await self._post(account_id, conversation_id, "messages", {
+            "content": content, "message_type": "outgoing", "private": False, "content_type": "text",
+            "content_attributes": {REPLY_MARKER: buffer_id},
+        })
+
     async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None:
-        response = await self._http.post(
-            self._url(account_id, conversation_id, "toggle_typing_status"),
-            headers=self._headers,
-            json={"typing_status": "on" if on else "off"},
-        )
-        response.raise_for_status()
+        await self._post(account_id, conversation_id, "toggle_typing_status",
+                         {"typing_status": "on" if on else "off"})
+
+    async def hand_off(self, account_id: str, conversation_id: str, reason: str, buffer_id: int) -> None:
+        """Open the conversation (from an Agent Bot this runs Chatwoot's bot hand-off: it shows up
+        for the agents) and leave the reason as a private note. Both are safe to repeat."""
+        await self._post(account_id, conversation_id, "toggle_status", {"status": "open"})
+        await self._post(account_id, conversation_id, "messages", {
+            "content": f"Handed off by the bot: {reason}", "message_type": "outgoing", "private": True,
+            "content_type": "text", "content_attributes": {REPLY_MARKER: buffer_id},
+        })
+
+    async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
+        return await fetch_attachment(self._http, url, max_bytes=max_bytes, allowed_host=self._host)

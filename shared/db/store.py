@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any, Mapping, Protocol, Sequence
 
 from shared.config import BufferTiming
-from shared.models import ClaimedBuffer, InboundMessage, IngestResult, PromptTurn, RuntimeConfig
+from shared.models import (
+    ClaimedBuffer, ConversationSignal, InboundMessage, IngestResult, MessageEdit, PromptTurn, Reply, RuntimeConfig,
+    SignalResult,
+)
+
+
+# A dead letter keeps the first 64 KB of the body (the SQL function cuts there too).
+DEAD_LETTER_MAX_BYTES = 65536
 
 
 class Connector(Protocol):
@@ -49,9 +56,50 @@ class BufferStore:
                 "p_attachments": list(message.attachments),
                 "p_sent_at": message.sent_at,
                 "p_defaults": self._defaults,
+                "p_inbox_id": message.inbox_id,
+                "p_hold_reason": message.hold_reason,
             },
         )
         return IngestResult.from_row(rows[0])
+
+    async def record_signal(self, signal: ConversationSignal, pause_seconds: float) -> SignalResult:
+        """A human took over, or the conversation was resolved or handed back to the bot."""
+        human = signal.message
+        rows = await self._connector.call(
+            "record_conversation_signal",
+            {
+                "p_channel": signal.channel,
+                "p_account_id": signal.account_id,
+                "p_inbox_id": signal.inbox_id,
+                "p_conversation_id": signal.conversation_id,
+                "p_signal": signal.kind,
+                "p_reason": signal.reason,
+                "p_signal_at": signal.at,
+                "p_pause_seconds": pause_seconds,
+                "p_external_id": human.external_id if human else None,
+                "p_content": human.content if human else None,
+                "p_attachments": list(human.attachments) if human else None,
+                "p_sent_at": human.sent_at if human else None,
+            },
+        )
+        return SignalResult.from_row(rows[0])
+
+    async def edit_waiting_message(self, edit: MessageEdit) -> str:
+        """Returns updated, unchanged, not_waiting (its burst is being answered or done) or unknown."""
+        rows = await self._connector.call(
+            "edit_waiting_message",
+            {"p_channel": edit.channel, "p_account_id": edit.account_id, "p_external_id": edit.external_id,
+             "p_content": edit.content, "p_attachments": list(edit.attachments)},
+        )
+        return str(_single(rows, "outcome"))
+
+    async def record_dead_letter(self, channel: str, reason: str, body: bytes) -> int:
+        rows = await self._connector.call(
+            "record_dead_letter",
+            {"p_channel": channel, "p_reason": reason, "p_body": body[:DEAD_LETTER_MAX_BYTES],
+             "p_body_size": len(body)},
+        )
+        return int(_single(rows, "dead_letter_id"))
 
     async def claim_due_buffers(
         self, limit: int, lease_seconds: float, prefer_ids: Sequence[int] = ()
@@ -68,6 +116,30 @@ class BufferStore:
         )
         return [PromptTurn.from_row(row) for row in rows]
 
+    async def save_transcript(self, buffer: ClaimedBuffer, external_id: str, attachment_index: int,
+                              transcript: str) -> bool:
+        rows = await self._connector.call(
+            "save_transcript",
+            {"p_channel": buffer.channel, "p_account_id": buffer.account_id, "p_external_id": external_id,
+             "p_attachment_index": attachment_index, "p_transcript": transcript},
+        )
+        return bool(_single(rows, "saved"))
+
+    async def fence_reply(self, buffer: ClaimedBuffer, lease_seconds: float) -> str:
+        """Right before sending: send, lease_lost, cancelled (the bot was paused) or merged (the
+        customer wrote again: the draft is discarded and the burst waits again)."""
+        rows = await self._connector.call(
+            "fence_reply",
+            {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token,
+             "p_lease_seconds": lease_seconds, "p_defaults": self._defaults},
+        )
+        return str(_single(rows, "verdict"))
+
+    async def mark_reply_sent(self, buffer: ClaimedBuffer) -> bool:
+        rows = await self._connector.call(
+            "mark_reply_sent", {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token})
+        return bool(_single(rows, "marked"))
+
     async def extend_lease(self, buffer: ClaimedBuffer, lease_seconds: float) -> bool:
         rows = await self._connector.call(
             "extend_lease",
@@ -75,18 +147,26 @@ class BufferStore:
         )
         return bool(_single(rows, "extended"))
 
-    async def complete_buffer(self, buffer: ClaimedBuffer, reply: str) -> bool:
+    async def complete_buffer(self, buffer: ClaimedBuffer, reply: Reply | str,
+                              pause_seconds: float | None = None) -> bool:
+        """The burst is done: replied, no reply, or handed off (which pauses the bot for
+        `pause_seconds`)."""
+        reply = Reply(reply) if isinstance(reply, str) else reply
         rows = await self._connector.call(
             "complete_buffer",
-            {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_reply": reply},
+            {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_reply": reply.text,
+             "p_outcome": reply.outcome, "p_handoff_reason": reply.handoff_reason,
+             "p_pause_seconds": pause_seconds},
         )
         return bool(_single(rows, "completed"))
 
     async def fail_buffer(
         self, buffer: ClaimedBuffer, error: str, *, max_attempts: int, backoff_seconds: float,
-        reply_draft: str | None = None,
+        reply_draft: str | Reply | None = None,
     ) -> str | None:
-        """Record a failed attempt; returns the new status ('processing' = will retry, 'failed')."""
+        """Record a failed attempt; returns the new status ('processing' = will retry, 'failed').
+        A decision already taken is kept for the retry."""
+        draft = Reply(reply_draft) if isinstance(reply_draft, str) else reply_draft
         rows = await self._connector.call(
             "fail_buffer",
             {
@@ -95,7 +175,8 @@ class BufferStore:
                 "p_error": error,
                 "p_max_attempts": max_attempts,
                 "p_backoff_seconds": backoff_seconds,
-                "p_reply_draft": reply_draft,
+                "p_reply_draft": draft.text if draft else None,
+                "p_handoff_reason": draft.handoff_reason if draft else None,
             },
         )
         return rows[0]["status"] if rows else None

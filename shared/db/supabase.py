@@ -26,6 +26,8 @@ DEFAULT_TIMEOUT_SECONDS = 10
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()  # bytea's hex input form: PostgREST passes it to the function as text
     return value
 
 

@@ -1,8 +1,11 @@
 """The HTTP surface: where a message enters.
 
-POST /webhooks/chatwoot verifies, parses and stores in one database call, and answers at once:
-Chatwoot waits 5 s, and an agent-bot delivery that fails or times out hands the customer to a
-human. No model or outbound call ever runs inside the request.
+POST /webhooks/chatwoot verifies, reads and stores in one database call, and answers at once:
+Chatwoot waits 5 s, and an agent-bot delivery that fails, times out or gets a 4xx hands the
+customer to a human. So after a valid signature nothing is refused: a customer's message is
+buffered, a human's message or a status change pauses or resumes the bot, an edit updates a
+waiting message, and a body that cannot be read at all is kept as a dead letter for an operator.
+No model or outbound call ever runs inside the request.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fastapi.responses import JSONResponse
 from shared.channels import chatwoot
 from shared.config import ConfigError, Settings
 from shared.db.errors import StoreError
+from shared.models import ConversationSignal, InboundMessage, MessageEdit
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -106,23 +110,16 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
             log.warning("chatwoot webhook refused: %s", exc)
             return _reply(401, error=str(exc))
         try:
-            parsed = chatwoot.parse_event(body, settings.chatwoot_answer_statuses)
+            event = chatwoot.parse_event(body, settings.chatwoot_answer_statuses)
+            if isinstance(event, chatwoot.Ignored):
+                return _reply(200, status="ignored", reason=event.reason)
+            return await _store_event(request.app, runtime, event)
         except chatwoot.BadPayload as exc:
-            return _reply(400, error=str(exc))
-        if isinstance(parsed, chatwoot.Ignored):
-            return _reply(200, status="ignored", reason=parsed.reason)
-        try:
-            result = await runtime.store.ingest(parsed)
+            return await _dead_letter(runtime, chatwoot.CHANNEL, str(exc), body)
         except (StoreError, ConfigError) as exc:
             # 500 makes Chatwoot retry the delivery (it retries agent bots on 429 and 500 only).
-            log.error("ingest failed: %s", exc)
-            return _reply(500, error="could not store the message; retry")
-        if result.settings_error:
-            log.error("%s", result.settings_error)
-        if not result.accepted:
-            return _reply(200, status="duplicate", buffer_id=result.buffer_id)
-        await _after_ingest(request.app, runtime, result)
-        return _reply(200, status="buffered", buffer_id=result.buffer_id, flush_now=result.flush_now)
+            log.error("storing a chatwoot event failed: %s", exc)
+            return _reply(500, error="could not store the event; retry")
 
     # A plain Starlette route: the handler reads the raw body itself (the signature covers the
     # exact bytes) and FastAPI has nothing to inject or validate. Skipping FastAPI's request
@@ -144,6 +141,40 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
         return _reply(202, status="sweep started")
 
     return app
+
+
+async def _store_event(app: FastAPI, runtime: Runtime, event: InboundMessage | ConversationSignal | MessageEdit
+                       ) -> JSONResponse:
+    """One database call per event; the kinds are the channel's (shared/channels/)."""
+    store = runtime.store
+    if isinstance(event, ConversationSignal):
+        signal = await store.record_signal(event, runtime.settings.bot_pause_after_human_seconds)
+        log.info("%s conversation %s: %s -> %s, %d waiting burst(s) cancelled",
+                 event.channel, event.conversation_id, event.kind, signal.outcome, signal.cancelled)
+        return _reply(200, status=signal.outcome, cancelled=signal.cancelled)
+    if isinstance(event, MessageEdit):
+        return _reply(200, status=f"edit {await store.edit_waiting_message(event)}")
+    result = await store.ingest(event)
+    if result.settings_error:
+        log.error("%s", result.settings_error)
+    if not result.accepted:
+        return _reply(200, status="duplicate", buffer_id=result.buffer_id)
+    if result.held_reason:
+        return _reply(200, status="held", buffer_id=result.buffer_id, reason=result.held_reason)
+    await _after_ingest(app, runtime, result)
+    return _reply(200, status="buffered", buffer_id=result.buffer_id, flush_now=result.flush_now)
+
+
+async def _dead_letter(runtime: Runtime, channel: str, reason: str, body: bytes) -> JSONResponse:
+    """A signed body we cannot read: kept for an operator and acknowledged, because a 4xx would
+    make Chatwoot hand the customer to a human. If even that cannot be stored, 500: a retry."""
+    try:
+        dead_letter_id = await runtime.store.record_dead_letter(channel, reason, body)
+    except StoreError as exc:
+        log.error("unreadable %s webhook (%s) could not be kept: %s", channel, reason, exc)
+        return _reply(500, error="could not store the event; retry")
+    log.error("unreadable %s webhook kept as dead letter %s: %s", channel, dead_letter_id, reason)
+    return _reply(200, status="unreadable", dead_letter_id=dead_letter_id, error=reason)
 
 
 async def _after_ingest(app: FastAPI, runtime: Runtime, result: Any) -> None:

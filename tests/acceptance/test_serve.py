@@ -43,29 +43,42 @@ def settle(far_side: FarSide, expected: int) -> None:
 
 
 async def test_burst_answered_once_then_next_turn_sees_history(server: str, far_side: FarSide, database_url: str) -> None:
-    for name in ("message_created_incoming_text", "message_created_incoming_audio",
-                 "message_created_incoming_image_caption"):
-        assert post(server, chatwoot_fixture(name)).json()["status"] == "buffered"
+    voice = chatwoot_fixture("message_created_incoming_audio")
+    voice["attachments"][0]["data_url"] = far_side.add_media("v", b"OggS voice:y que sea azul", "audio/ogg",
+                                                             not_found_first=1)
+    photo = chatwoot_fixture("message_created_incoming_image_caption")
+    photo["attachments"][0]["data_url"] = far_side.add_media("p", b"\xff\xd8\xff jpeg", "image/jpeg")
+    for payload in (chatwoot_fixture("message_created_incoming_text"), voice, photo):
+        assert post(server, payload).json()["status"] == "buffered"
     settle(far_side, 1)
     assert far_side.replies[0]["body"]["content"] == (
-        "echo: Hola, ¿hacen envíos a Monterrey? | [audio attachment (audio/ogg)] | "
-        "¿Lo tienen en talla 27? | [image attachment (image/jpeg)]")
+        "echo: Hola, ¿hacen envíos a Monterrey? | [voice note, transcribed] y que sea azul | "
+        "¿Lo tienen en talla 27? | <image>")
 
     # None of these may ever produce a reply.
     assert post(server, chatwoot_fixture("message_created_incoming_text")).json()["status"] == "duplicate"
-    for name in ("message_created_outgoing_agent_bot", "message_created_outgoing_human_agent",
-                 "message_created_private_note", "message_created_incoming_text_conversation_open"):
+    for name in ("message_created_outgoing_agent_bot", "message_created_private_note"):
         assert post(server, chatwoot_fixture(name)).json()["status"] == "ignored"
+    assert post(server, chatwoot_fixture("message_created_incoming_text_conversation_open")).json()["status"] == "held"
     assert post(server, incoming(99001, "stale"), timestamp=int(time.time()) - 600).status_code == 401
     assert post(server, incoming(99002, "forged"), secret="guess").status_code == 401
 
     assert post(server, incoming(98300, "¿Cuánto cuesta el envío?")).status_code == 200
     settle(far_side, 2)
-    assert far_side.replies[1]["body"]["content"] == "echo: ¿Cuánto cuesta el envío?"
+    # The message held while the conversation was open is history now (unanswered, so the fake
+    # model, which echoes every customer text since our last reply, repeats it).
+    assert far_side.replies[1]["body"]["content"] == "echo: ¿Siguen ahí? | ¿Cuánto cuesta el envío?"
     history = far_side.completions[1]["messages"]
     assert {"role": "assistant", "content": far_side.replies[0]["body"]["content"]} in history
+    assert history[-1] == {"role": "user", "content": "¿Cuánto cuesta el envío?"}
+
+    # A human agent answers (the conversation stays pending, as in Chatwoot CE): the bot goes quiet.
+    assert post(server, chatwoot_fixture("message_created_outgoing_human_agent")).json()["status"] == "paused"
+    assert post(server, incoming(98301, "Gracias Carlos")).json()["status"] == "held"
+    settle(far_side, 2)
     rows = await buffers(database_url)
-    assert [(r["status"], r["message_count"]) for r in rows] == [("completed", 3), ("completed", 1)]
+    assert [(r["status"], r["message_count"]) for r in rows] == [
+        ("completed", 3), ("cancelled", 1), ("completed", 1), ("cancelled", 1), ("cancelled", 1)]
 
 
 def test_serve_on_a_fresh_machine_uses_the_embedded_database(tmp_path: Any) -> None:

@@ -121,14 +121,3 @@ async def test_lost_lease_sends_nothing(runtime: Runtime, far_side: FarSide, dat
 
     outcome = await runtime.processor.process(claimed, RuntimeConfig(True, True, False, 1, None))
     assert outcome == "lease_lost" and far_side.replies == []
-
-
-async def test_voice_note_reaches_the_model_as_an_attachment_note(
-    runtime: Runtime, far_side: FarSide, database_url: str
-) -> None:
-    voice = InboundMessage("chatwoot", "3", "431", "v1", None,
-                           attachments=({"file_type": "audio", "content_type": "audio/ogg", "data_url": "https://x"},))
-    await runtime.store.ingest(voice)
-    await make_due(database_url)
-    await sweep(runtime)
-    assert far_side.completions[0]["messages"][-1] == {"role": "user", "content": "[audio attachment (audio/ogg)]"}

@@ -16,7 +16,7 @@ from shared.config import Settings
 from shared.runtime import Runtime
 from shared.web.app import MAX_BODY_BYTES, create_app
 from tests.conftest import WEBHOOK_SECRET, chatwoot_fixture, incoming, signed_headers
-from tests.support.sql import buffers, fetch
+from tests.support.sql import buffers, execute, fetch
 
 URL = "/webhooks/chatwoot"
 
@@ -60,9 +60,7 @@ async def test_signed_fixtures_are_buffered_and_redelivery_is_a_no_op(client: ht
 
 
 @pytest.mark.parametrize("fixture", [
-    "message_created_outgoing_agent_bot", "message_created_outgoing_human_agent",
-    "message_created_private_note", "message_created_incoming_text_conversation_open",
-    "conversation_status_changed",
+    "message_created_outgoing_agent_bot", "message_created_private_note", "webwidget_triggered",
 ])
 async def test_non_customer_events_are_acknowledged_and_not_stored(
     client: httpx.AsyncClient, database_url: str, fixture: str
@@ -70,6 +68,15 @@ async def test_non_customer_events_are_acknowledged_and_not_stored(
     response = await post(client, chatwoot_fixture(fixture))
     assert response.status_code == 200 and response.json()["status"] == "ignored"
     assert await buffers(database_url) == []
+
+
+async def test_a_message_in_a_conversation_that_is_not_the_bots_is_kept_unanswered(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    response = await post(client, chatwoot_fixture("message_created_incoming_text_conversation_open"))
+    assert response.status_code == 200 and response.json()["status"] == "held"
+    (row,) = await buffers(database_url)
+    assert row["status"] == "cancelled" and row["cancel_reason"] == "conversation status is 'open', not the bot's"
 
 
 @pytest.mark.parametrize(("headers", "error"), [
@@ -114,12 +121,57 @@ async def test_no_auth_configured_warns_loudly(settings: Settings, caplog: pytes
     (json.dumps({"event": "message_created", "message_type": "incoming", "private": False,
                  "conversation": {"status": "pending"}}).encode(), "missing"),
 ])
-async def test_malformed_payloads_get_400_and_store_nothing(
+async def test_unreadable_signed_bodies_are_kept_as_dead_letters_and_acknowledged(
     client: httpx.AsyncClient, database_url: str, body: bytes, error: str
 ) -> None:
+    # A 4xx would make Chatwoot hand the customer to a human: keep it for an operator instead.
     response = await post(client, body)
-    assert response.status_code == 400 and error in response.json()["error"]
+    assert response.status_code == 200 and response.json()["status"] == "unreadable"
+    assert error in response.json()["error"]
+    (letter,) = await fetch(database_url, "select * from public.webhook_dead_letters")
+    assert letter["id"] == response.json()["dead_letter_id"]
+    assert bytes(letter["body"]) == body and letter["body_size"] == len(body) and error in letter["reason"]
     assert await buffers(database_url) == []
+
+
+async def test_a_dead_letter_keeps_at_most_64_kb(client: httpx.AsyncClient, database_url: str) -> None:
+    body = b"\xff" + b"x" * 100_000  # not even UTF-8
+    response = await post(client, body)
+    assert response.json()["status"] == "unreadable"
+    (letter,) = await fetch(database_url, "select body, body_size from public.webhook_dead_letters")
+    assert len(letter["body"]) == 65536 and letter["body_size"] == len(body) and bytes(letter["body"]) == body[:65536]
+
+
+async def test_bad_signature_on_an_unreadable_body_is_401_and_keeps_nothing(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    response = await client.post(URL, content=b"{oops", headers=signed_headers(b"{oops", secret="guess"))
+    assert response.status_code == 401
+    assert await fetch(database_url, "select * from public.webhook_dead_letters") == []
+
+
+async def test_odd_fields_in_a_signed_message_never_get_a_4xx(client: httpx.AsyncClient, database_url: str) -> None:
+    payload = chatwoot_fixture("message_created_incoming_audio")
+    payload.update(id="98232", created_at="2020-03-03 13:05:57 UTC", attachments=[None, *payload["attachments"]])
+    response = await post(client, payload)
+    assert response.status_code == 200 and response.json()["status"] == "buffered"
+    (message,) = await fetch(database_url, "select sent_at, attachments from public.buffered_messages")
+    assert message["sent_at"].isoformat() == "2020-03-03T13:05:57+00:00"
+    assert [a["file_type"] for a in json.loads(message["attachments"])] == ["audio"]
+
+
+async def test_an_edit_updates_a_waiting_message_only(client: httpx.AsyncClient, database_url: str) -> None:
+    await post(client, chatwoot_fixture("message_created_incoming_audio") | {"id": 88802})
+    edit = chatwoot_fixture("message_updated_transcription")  # Chatwoot adds its transcription
+    response = await post(client, edit)
+    assert response.json()["status"] == "edit updated"
+    (message,) = await fetch(database_url, "select attachments from public.buffered_messages")
+    assert json.loads(message["attachments"])[0]["transcribed_text"].startswith("Oi, eu queria saber")
+    assert (await post(client, edit)).json()["status"] == "edit unchanged"
+    await execute(database_url, "update public.message_buffer set status = 'completed'")
+    assert (await post(client, edit | {"content": "changed later"})).json()["status"] == "edit not_waiting"
+    unknown = edit | {"id": 1}
+    assert (await post(client, unknown)).json()["status"] == "edit unknown"
 
 
 async def test_body_over_1mb_gets_413(client: httpx.AsyncClient, database_url: str) -> None:

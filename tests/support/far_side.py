@@ -3,11 +3,18 @@
 Real HTTP, so the official OpenAI SDK (httpx2), the Chatwoot client (httpx) and a `chatbuffer serve`
 subprocess all talk to it unchanged. It records what it receives, can answer slowly (benchmarks)
 and can fail on purpose (retry tests).
+
+The fake model answers Structured Outputs requests with the JSON decision (the reply is an echo of
+the burst unless a test queued another decision), or refuses or ignores `response_format` like
+servers without it. The fake Chatwoot also serves attachments as ActiveStorage does: a redirect
+URL that can 404 for its first requests, then redirects to the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 import threading
 import time
@@ -18,8 +25,16 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+
+@dataclass
+class MediaFile:
+    data: bytes
+    content_type: str
+    not_found_first: int = 0  # answer this many requests with 404 first (an upload still running)
+    requests: int = 0
 
 
 @dataclass
@@ -31,8 +46,39 @@ class FarSide:
     typing: list[dict[str, Any]] = field(default_factory=list)
     fail_completions: int = 0  # answer the next N completions with 500
     fail_replies: int = 0  # answer the next N reply posts with 500
+    fail_handoffs: int = 0  # answer the next N toggle_status calls with 500
+    # Structured Outputs: "json" (supported), "reject" (400, like a server without them) or
+    # "ignore" (plain text, as if response_format were not there).
+    structured: str = "json"
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # next JSON decisions; "{echo}" in reply
+    structured_refusals: int = 0  # requests refused for their response_format ("reject")
+    transcriptions: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # toggle_status calls
+    media: dict[str, MediaFile] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+
+    def reset(self) -> None:
+        with self.lock:
+            for recorded in (self.completions, self.replies, self.typing, self.decisions, self.transcriptions,
+                             self.statuses):
+                recorded.clear()
+            self.media.clear()
+            self.fail_completions = self.fail_replies = self.fail_handoffs = self.structured_refusals = 0
+            self.openai_latency = self.chatwoot_latency = 0
+            self.structured = "json"
+
+    def add_media(self, key: str, data: bytes, content_type: str, not_found_first: int = 0) -> str:
+        """Serve an attachment; returns its data_url (ActiveStorage's public redirect form)."""
+        with self.lock:
+            self.media[key] = MediaFile(data, content_type, not_found_first)
+        return f"{self.url}/rails/active_storage/blobs/redirect/{key}/{key}"
+
+    def public_replies(self) -> list[dict[str, Any]]:
+        return [r for r in self.replies if not r["body"].get("private")]
+
+    def private_notes(self) -> list[dict[str, Any]]:
+        return [r for r in self.replies if r["body"].get("private")]
 
     def reply_text(self, messages: list[dict[str, Any]]) -> str:
         """The fake model's answer names every customer text since our last reply (the burst)."""
@@ -42,8 +88,8 @@ class FarSide:
                 texts = []
             elif message["role"] == "user":
                 content = message["content"]
-                parts = content if isinstance(content, list) else [{"text": content}]
-                texts += [p.get("text") or "" for p in parts]
+                parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+                texts += [p["text"] if p["type"] == "text" else "<image>" for p in parts]
         return "echo: " + " | ".join(texts)
 
     def _take_failure(self, name: str) -> bool:
@@ -59,15 +105,66 @@ class FarSide:
             await asyncio.sleep(self.openai_latency)
         if self._take_failure("fail_completions"):
             return JSONResponse({"error": {"message": "fake outage", "type": "server_error"}}, status_code=500)
+        structured = (body.get("response_format") or {}).get("type") == "json_schema"
+        if structured and self.structured == "reject":
+            with self.lock:
+                self.structured_refusals += 1
+            return JSONResponse({"error": {"message": "response_format json_schema is not supported",
+                                           "type": "invalid_request_error"}}, status_code=400)
         with self.lock:
             self.completions.append(body)
+            decision = self.decisions.pop(0) if self.decisions else None
+        echo = self.reply_text(body["messages"])
+        content = echo
+        if structured and self.structured == "json":
+            decision = {"should_reply": True, "reply": "{echo}", "handoff": False, "handoff_reason": None,
+                        **(decision or {})}
+            content = json.dumps({**decision, "reply": decision["reply"].replace("{echo}", echo)})
         return JSONResponse({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": self.reply_text(body["messages"])}}],
+                         "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         })
+
+    async def audio_transcription(self, request: Request) -> JSONResponse:
+        """The fake transcribes audio bytes of the form b'...voice:<words>' into <words>."""
+        body = await request.body()
+        model = re.search(rb'name="model"\r\n\r\n([^\r]*)', body)
+        words = re.search(rb"voice:([^\r\n]*)", body)
+        with self.lock:
+            self.transcriptions.append({"model": model.group(1).decode() if model else None,
+                                        "bytes": len(body)})
+        if words is None:
+            return JSONResponse({"error": {"message": "could not decode audio", "type": "invalid_request_error"}},
+                                status_code=400)
+        return JSONResponse({"text": words.group(1).decode()})
+
+    async def media_redirect(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        with self.lock:
+            media = self.media.get(key)
+            if media is not None:
+                media.requests += 1
+        if media is None or media.requests <= media.not_found_first:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return RedirectResponse(f"{self.url}/storage/{key}", status_code=302)
+
+    async def media_storage(self, request: Request) -> Response:
+        media = self.media.get(request.path_params["key"])
+        if media is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return Response(media.data, media_type=media.content_type)
+
+    async def chatwoot_status(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        if self._take_failure("fail_handoffs"):
+            return JSONResponse({"error": "fake outage"}, status_code=500)
+        with self.lock:
+            self.statuses.append({"account": request.path_params["account"],
+                                  "conversation": request.path_params["conversation"], **body})
+        return JSONResponse({"payload": {"success": True, "current_status": body.get("status")}})
 
     async def chatwoot_message(self, request: Request) -> JSONResponse:
         if request.headers.get("api_access_token") is None:
@@ -108,6 +205,10 @@ class FarSide:
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route(base + "/messages", self.chatwoot_message, methods=["POST"]),
             Route(base + "/toggle_typing_status", self.chatwoot_typing, methods=["POST"]),
+            Route(base + "/toggle_status", self.chatwoot_status, methods=["POST"]),
+            Route("/v1/audio/transcriptions", self.audio_transcription, methods=["POST"]),
+            Route("/rails/active_storage/blobs/redirect/{key}/{name}", self.media_redirect, methods=["GET"]),
+            Route("/storage/{key}", self.media_storage, methods=["GET"]),
             Route("/_stats", self.stats, methods=["GET"]),
             Route("/health", lambda request: JSONResponse({"status": "ok"}), methods=["GET"]),
         ])

@@ -1,0 +1,44 @@
+"""The console: where replies go when no channel is configured (local use, `chatbuffer serve`).
+
+Same shape as a channel's client (post, typing, hand off, media), so the whole path can be tried
+without Chatwoot: replies and hand-offs are printed, and stored as history as usual. Attachments in
+Chatwoot's payloads are public URLs, fetched as Chatwoot's client does (no host restriction here:
+this is a developer's machine).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, TextIO
+
+from shared.channels.chatwoot import fetch_attachment
+
+if TYPE_CHECKING:
+    import httpx
+
+
+class ConsoleOutbox:
+    def __init__(self, http: httpx.AsyncClient | None = None, stream: TextIO | None = None) -> None:
+        self._http = http
+        self._stream = stream
+
+    def _print(self, text: str) -> None:
+        print(text, file=self._stream or sys.stdout, flush=True)
+
+    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None:
+        self._print(f"[reply to chatwoot account {account_id} conversation {conversation_id}, "
+                    f"buffer {buffer_id}]\n{content}")
+
+    async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None:
+        return None
+
+    async def hand_off(self, account_id: str, conversation_id: str, reason: str, buffer_id: int) -> None:
+        self._print(f"[hand-off to a human: chatwoot account {account_id} conversation {conversation_id}, "
+                    f"buffer {buffer_id}] {reason}")
+
+    async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
+        if self._http is None:
+            from shared.channels.chatwoot import MediaUnavailable
+
+            raise MediaUnavailable("no HTTP client for media in this console")
+        return await fetch_attachment(self._http, url, max_bytes=max_bytes)
