@@ -18,6 +18,9 @@ Traffic model (also returned as ``run()["model"]``)
   message, or looking something up mid-turn).
 * Gap between two bursts: 60 s + exponential with mean 540 s, so never under 60 s, mean 10 min.
 * The traffic is open-loop: customers do not react to replies or to missing replies.
+* Answering takes ``GENERATION_S`` (4 s): from the moment a burst is taken to be answered to the
+  moment its reply is sent (the model call, with any voice note or image, and the post). Messages
+  keep arriving meanwhile.
 * One ``random.Random(seed)`` draws everything in a fixed order, so a seed gives the same
   numbers on every run and every machine.
 
@@ -30,12 +33,19 @@ fires and the set of message indices it answers.
   after its first message, and due at once when the buffer holds 50 messages. A message joins
   the open buffer only if it arrives before the buffer is due; otherwise it opens a new buffer
   (as the project's ingest does). The call fires exactly at the due time: the project's sweeper
-  sleeps until the earliest due buffer, so scheduler lateness is taken as 0 here.
+  sleeps until the earliest due buffer, so scheduler lateness is taken as 0 here. At the fence,
+  ``GENERATION_S`` later, a reply is not sent if newer messages arrived meanwhile: that draft is
+  discarded (it cost a call), the newer messages join the burst, and it waits again for the quiet
+  window; unless the burst's first message is 300 s old or the merge would pass 50 messages,
+  then the draft is sent and the newer messages are the next burst (``fence_reply`` in SQL).
+  A conversation's next burst is answered only after the previous one's reply has left.
 * ``seed-000 debounce 4s``: cancel-and-reschedule debounce of 4 s, no cap.
 * ``seed-002 fixed 15s windows``: cron-style batches. Messages are grouped by fixed 15 s windows
   of absolute time (boundaries at multiples of 15 s; a message exactly on a boundary belongs
   to the window it opens); each non-empty window fires one call at its end.
-* ``seed-003 debounce 30s cap 300s``: chatbuffer's rule without the 50-message cap.
+* ``seed-003 debounce 30s cap 300s``: chatbuffer's window without the fence and without the
+  50-message cap: a message that arrives while the reply is being written gets a stale reply,
+  then its own.
 * ``seed-004 2 messages or 5 s, checked on arrival``: no scheduler. On each arrival the message
   is added to the pending burst; if 2 or more are pending, or the arrival is 5 s or more after
   the first pending message, one call fires now answering everything pending. A lone message
@@ -43,13 +53,17 @@ fires and the set of message indices it answers.
 
 Metrics (per policy, summed over all conversations)
 ---------------------------------------------------
-* ``llm_calls_per_burst``: total calls / total true bursts (1.0 is ideal).
+* ``llm_calls_per_burst``: total calls / total true bursts (1.0 is ideal). Every model call counts,
+  the discarded drafts too (``drafts_discarded``): they cost as much as the replies sent.
+* ``stale_replies``: replies sent while a message they do not answer had already arrived (it came
+  in while the reply was being written).
 * ``bursts_split``: true bursts whose messages were answered by more than one call.
 * ``bursts_merged``: calls that answer messages of more than one true burst (a count of calls).
 * ``bursts_exact``: true bursts answered by exactly one call that answers nothing else.
 * ``messages_never_answered``: messages that no call answers.
-* Reply delay of a true burst: (time of the call that answers the burst's last message) minus
-  (time of that last message), over bursts whose last message was answered.
+* Reply delay of a true burst: (time the reply answering the burst's last message is sent, which
+  is its call's time plus ``GENERATION_S``) minus (time of that last message), over bursts whose
+  last message was answered.
   ``mean_reply_delay_s`` is the mean; ``p95_reply_delay_s`` the 95th percentile by nearest
   rank (the smallest delay that at least 95 % of the delays do not exceed).
 
@@ -79,6 +93,7 @@ INTRA_GAP_SIGMA = 1.0
 INTER_GAP_MIN_S = 60.0
 INTER_GAP_MEAN_S = 600.0
 DAY_S = 86_400.0
+GENERATION_S = 4.0
 
 
 # --- traffic ---------------------------------------------------------------------------------
@@ -146,6 +161,7 @@ def describe_model(seed: int, conversations: int) -> dict[str, Any]:
         "inter_burst_gap_s": {"distribution": "minimum + exponential", "minimum": INTER_GAP_MIN_S,
                               "mean": INTER_GAP_MEAN_S},
         "scheduler_lateness_s": 0.0,
+        "generation_s": GENERATION_S,
         "closed_loop": False,
     }
 
@@ -188,10 +204,16 @@ def pairwise_same_burst(conversation: Conversation) -> list[bool]:
 
 @dataclass(frozen=True)
 class Call:
-    """One LLM call: when it fires and which messages (indices into the arrival list) it answers."""
+    """One LLM call: when it fires and which messages (indices into the arrival list) it is for.
+    A discarded call's draft was never sent: it answers nothing, but it was paid for."""
 
     fires_at: float
     messages: frozenset[int]
+    discarded: bool = False
+
+    @property
+    def sent_at(self) -> float:
+        return self.fires_at + GENERATION_S
 
 
 Policy = Callable[[Sequence[float]], list[Call]]
@@ -222,6 +244,41 @@ def sliding_window(times: Sequence[float], window_s: float, max_age_s: float | N
     return calls
 
 
+def fenced_sliding_window(times: Sequence[float], window_s: float, max_age_s: float, max_messages: int,
+                          generation_s: float = GENERATION_S) -> list[Call]:
+    """chatbuffer: the sliding window, and the fence before sending (fence_reply in SQL): messages
+    that arrived while the reply was being written discard the draft and join the burst, unless the
+    burst is past max age or the merge would pass max count."""
+
+    def due(last_at: float, first_at: float, count: int) -> float:
+        return last_at if count >= max_messages else min(last_at + window_s, first_at + max_age_s)
+
+    calls: list[Call] = []
+    index, busy_until = 0, -math.inf  # the conversation's previous reply leaves at busy_until
+    while index < len(times):
+        first_at = times[index]
+        pending, index = [index], index + 1
+        due_at = due(first_at, first_at, 1)
+        while True:
+            while index < len(times) and times[index] < due_at:
+                pending.append(index)
+                due_at = due(times[index], first_at, len(pending))
+                index += 1
+            taken_at = max(due_at, busy_until)
+            fence = taken_at + generation_s
+            newer = [m for m in range(index, len(times)) if times[m] < fence]
+            if newer and fence < first_at + max_age_s and len(pending) + len(newer) <= max_messages:
+                calls.append(Call(taken_at, frozenset(pending), discarded=True))
+                pending += newer
+                index += len(newer)
+                due_at = max(due(times[newer[-1]], first_at, len(pending)), fence)
+                continue
+            calls.append(Call(taken_at, frozenset(pending)))
+            busy_until = fence
+            break
+    return calls
+
+
 def fixed_windows(times: Sequence[float], window_s: float) -> list[Call]:
     """Cron-style batches: one call per non-empty wall-clock window, fired at the window's end."""
     by_window: dict[int, list[int]] = {}
@@ -245,7 +302,7 @@ def flush_on_arrival(times: Sequence[float], max_pending: int, max_age_s: float)
 
 CHATBUFFER = "chatbuffer"
 POLICIES: dict[str, Policy] = {
-    CHATBUFFER: partial(sliding_window, window_s=30.0, max_age_s=300.0, max_messages=50),
+    CHATBUFFER: partial(fenced_sliding_window, window_s=30.0, max_age_s=300.0, max_messages=50),
     "seed-000 debounce 4s": partial(sliding_window, window_s=4.0),
     "seed-002 fixed 15s windows": partial(fixed_windows, window_s=15.0),
     "seed-003 debounce 30s cap 300s": partial(sliding_window, window_s=30.0, max_age_s=300.0),
@@ -275,10 +332,13 @@ class Tally:
     bursts_merged: int = 0
     bursts_exact: int = 0
     messages_never_answered: int = 0
+    drafts_discarded: int = 0
+    stale_replies: int = 0
     reply_delays: list[float] = field(default_factory=list)
 
 
-def score_conversation(conversation: Conversation, calls: Sequence[Call], tally: Tally) -> None:
+def score_conversation(conversation: Conversation, all_calls: Sequence[Call], tally: Tally) -> None:
+    calls = [call for call in all_calls if not call.discarded]  # only sent replies answer anything
     answered_by = answering_calls(len(conversation.times), calls)
     bursts_of_call = [{conversation.burst_of[m] for m in call.messages} for call in calls]
     calls_of_burst: list[set[int]] = [set() for _ in range(conversation.burst_count)]
@@ -293,7 +353,10 @@ def score_conversation(conversation: Conversation, calls: Sequence[Call], tally:
 
     tally.bursts += conversation.burst_count
     tally.messages += len(conversation.times)
-    tally.calls += len(calls)
+    tally.calls += len(all_calls)
+    tally.drafts_discarded += len(all_calls) - len(calls)
+    tally.stale_replies += sum(any(call.fires_at <= t < call.sent_at and m not in call.messages
+                                   for m, t in enumerate(conversation.times)) for call in calls)
     tally.messages_never_answered += answered_by.count(None)
     tally.bursts_merged += sum(len(bursts) > 1 for bursts in bursts_of_call)
     for burst, answering in enumerate(calls_of_burst):
@@ -303,7 +366,7 @@ def score_conversation(conversation: Conversation, calls: Sequence[Call], tally:
         tally.bursts_exact += whole_and_alone
         last = last_message_of_burst[burst]
         if answered_by[last] is not None:
-            tally.reply_delays.append(calls[answered_by[last]].fires_at - conversation.times[last])
+            tally.reply_delays.append(calls[answered_by[last]].sent_at - conversation.times[last])
 
 
 def answering_calls(message_count: int, calls: Sequence[Call]) -> list[int | None]:
@@ -341,6 +404,8 @@ def result_row(name: str, tally: Tally) -> dict[str, Any]:
         "bursts_merged": tally.bursts_merged,
         "bursts_exact": tally.bursts_exact,
         "messages_never_answered": tally.messages_never_answered,
+        "drafts_discarded": tally.drafts_discarded,
+        "stale_replies": tally.stale_replies,
         "mean_reply_delay_s": round(mean_delay, 3),
         "p95_reply_delay_s": round(nearest_rank(delays, 0.95), 3),
         "bursts": tally.bursts,
@@ -417,12 +482,13 @@ def summary_lines(results: Sequence[dict[str, Any]], model: dict[str, Any]) -> l
         f"{model['conversations']} conversations, {observed['bursts']} true bursts, "
         f"{observed['messages']} messages (seed {model['seed']})",
         f"{'policy':<48} {'calls/burst':>11} {'split':>6} {'merged':>6} {'exact':>6} "
-        f"{'unanswered':>10} {'mean s':>8} {'p95 s':>8}",
+        f"{'unanswered':>10} {'discarded':>9} {'stale':>6} {'mean s':>8} {'p95 s':>8}",
     ]
     for row in results:
         lines.append(
             f"{row['policy']:<48} {row['llm_calls_per_burst']:>11.3f} {row['bursts_split']:>6} "
             f"{row['bursts_merged']:>6} {row['bursts_exact']:>6} {row['messages_never_answered']:>10} "
+            f"{row['drafts_discarded']:>9} {row['stale_replies']:>6} "
             f"{row['mean_reply_delay_s']:>8.2f} {row['p95_reply_delay_s']:>8.2f}"
         )
     lines.extend(comparison_notes(results))
@@ -434,11 +500,10 @@ def comparison_notes(results: Sequence[dict[str, Any]]) -> list[str]:
     chatbuffer, seed_003 = by_name.get(CHATBUFFER), by_name.get("seed-003 debounce 30s cap 300s")
     if chatbuffer is None or seed_003 is None:
         return []
-    same = all(chatbuffer[k] == seed_003[k] for k in chatbuffer if k != "policy")
-    if same:
-        return ["chatbuffer and seed-003 give identical numbers here: no burst reaches 50 messages, "
-                "so chatbuffer's count cap never fires on this traffic."]
-    return ["chatbuffer differs from seed-003 only by its 50-message cap, which fired on this traffic."]
+    return [f"chatbuffer's fence against seed-003's plain window: {seed_003['stale_replies']} stale replies -> "
+            f"{chatbuffer['stale_replies']}, paid for with {chatbuffer['drafts_discarded']} discarded drafts "
+            f"(counted in calls/burst: {seed_003['llm_calls_per_burst']:.3f} -> "
+            f"{chatbuffer['llm_calls_per_burst']:.3f})."]
 
 
 def run(smoke: bool = False, out_dir: pathlib.Path | None = None) -> dict:

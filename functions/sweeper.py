@@ -43,6 +43,7 @@ def _claim_deadline(settings: Settings, context: Any) -> float:
     loop_end = time.monotonic() + settings.sweep_loop_seconds
     if context is None or not hasattr(context, "get_remaining_time_in_millis"):
         return loop_end
-    # A claimed buffer may need a model call with one retry plus the reply: keep that much room.
-    room_needed = 2 * settings.openai_timeout_seconds + 15
+    # A claimed buffer may need a transcription and a model call, each with one retry, plus the
+    # downloads and the reply: keep that much room.
+    room_needed = 4 * settings.openai_timeout_seconds + 15
     return min(loop_end, time.monotonic() + context.get_remaining_time_in_millis() / 1000 - room_needed)

@@ -89,10 +89,11 @@ class BufferProcessor:
 
     async def _decide(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> Reply:
         turns = await self._store.buffer_prompt(buffer.buffer_id, self._history_messages)
-        turns = await self._media.prepare(buffer, turns, config)
-        # Downloads and transcriptions take time: hold the lease for the model call that follows.
-        if not await self._store.extend_lease(buffer, self._lease_seconds):
-            raise LeaseLost(f"buffer {buffer.buffer_id}: lease lost before the model call")
+        if any(turn.in_burst and turn.attachments for turn in turns):
+            turns = await self._media.prepare(buffer, turns, config)
+            # Downloads and transcriptions take time: hold the lease for the model call that follows.
+            if not await self._store.extend_lease(buffer, self._lease_seconds):
+                raise LeaseLost(f"buffer {buffer.buffer_id}: lease lost before the model call")
         return await self._responder.reply(turns)
 
     async def _deliver(self, buffer: ClaimedBuffer, reply: Reply) -> None:

@@ -148,6 +148,7 @@ declare
     existing_buffer bigint;
     paused_until timestamptz;
     paused_because text;
+    known boolean;  -- the conversation has a conversation_state row
     hold text;
     buf_id bigint;
     buf_first_message_at timestamptz;
@@ -159,19 +160,30 @@ begin
     perform pg_catalog.pg_advisory_xact_lock(
         pg_catalog.hashtextextended(p_channel || '/' || p_account_id || '/' || p_conversation_id, 0));
 
-    select m.buffer_id into existing_buffer
-      from public.buffered_messages m
-     where m.channel = p_channel and m.account_id = p_account_id and m.external_id = p_external_id;
-    if found then
+    -- Everything ingest needs to know, in one statement (each statement of a plpgsql function
+    -- pays executor start-up; this one replaced three): is it a redelivery, the flags, whether an
+    -- operator set a timing value, and whether the bot is paused in this conversation.
+    select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings,
+           state.bot_paused_until, state.pause_reason, state.channel is not null
+      into existing_buffer, buffering, fallback, operator_settings, paused_until, paused_because, known
+      from (select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false)
+                       as buffering,
+                   not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false)
+                       as fallback,
+                   exists (select 1 from public.buffer_settings s where s.setting_value is not null)
+                       as operator_settings
+              from public.feature_flags f) flags
+      left join public.buffered_messages dup
+        on dup.channel = p_channel and dup.account_id = p_account_id and dup.external_id = p_external_id
+      left join public.conversation_state state
+        on state.channel = p_channel and state.account_id = p_account_id
+       and state.conversation_id = p_conversation_id;
+    if existing_buffer is not null then
         return query select existing_buffer, false, null::integer, null::timestamptz, false, false, null::text, null::text;
         return;
     end if;
 
-    -- Is the bot paused here? A conversation's first message records where it lives.
-    select s.bot_paused_until, s.pause_reason into paused_until, paused_because
-      from public.conversation_state s
-     where s.channel = p_channel and s.account_id = p_account_id and s.conversation_id = p_conversation_id;
-    if not found then
+    if not known then  -- a conversation's first message records where it lives
         insert into public.conversation_state (channel, account_id, conversation_id, inbox_id)
         values (p_channel, p_account_id, p_conversation_id, p_inbox_id);
     end if;
@@ -183,11 +195,6 @@ begin
         return;
     end if;
 
-    select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false),
-           not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false),
-           exists (select 1 from public.buffer_settings s where s.setting_value is not null)
-      into buffering, fallback, operator_settings
-      from public.feature_flags f;
     if operator_settings then
         select * into cfg from public.effective_settings(p_defaults);
     else
@@ -470,12 +477,15 @@ begin
         delete from public.message_buffer n
          where n.channel = b.channel and n.account_id = b.account_id and n.conversation_id = b.conversation_id
            and n.id > b.id and n.status = 'active';
-        -- Back to waiting, as one burst: the newer messages' window, capped by this burst's max age.
-        -- The attempt is given back: a discarded draft is not a failure.
+        -- Back to waiting, as one burst: the newer messages' window, capped by this burst's max age
+        -- (due at once at the max count, as ingest would make it). The attempt is given back: a
+        -- discarded draft is not a failure.
         update public.message_buffer x
            set status = 'active', message_count = x.message_count + newer.messages,
                last_message_at = newer.last_message_at,
-               due_at = least(newer.due_at, x.first_message_at + make_interval(secs => cfg.max_age_seconds::double precision)),
+               due_at = case when x.message_count + newer.messages >= cfg.max_messages then now()
+                             else least(newer.due_at, x.first_message_at
+                                        + make_interval(secs => cfg.max_age_seconds::double precision)) end,
                attempts = greatest(x.attempts - 1, 0), discarded_drafts = x.discarded_drafts + 1,
                reply_content = null, handoff_reason = null, lease_token = null, lease_expires_at = null
          where x.id = b.id;
@@ -589,7 +599,7 @@ create function public.claim_due_buffers(
 returns table (
     buffer_id bigint, lease_token uuid, channel text, account_id text, conversation_id text,
     attempts integer, message_count integer, due_at timestamptz, reply_draft text,
-    handoff_draft text, reply_sent boolean, first_message_at timestamptz)
+    handoff_draft text, reply_sent boolean)
 language sql
 set search_path = ''
 as $$
@@ -616,8 +626,7 @@ as $$
       from due
      where b.id = due.id
     returning b.id, b.lease_token, b.channel, b.account_id, b.conversation_id, b.attempts,
-              b.message_count, due.due_at, b.reply_content, b.handoff_reason, b.reply_sent_at is not null,
-              b.first_message_at;
+              b.message_count, due.due_at, b.reply_content, b.handoff_reason, b.reply_sent_at is not null;
 $$;
 
 drop function public.buffer_prompt(bigint, integer);

@@ -4,6 +4,7 @@ without Structured Outputs still gets plain-text replies. The far side is faked 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import AsyncIterator
 
 import pytest
@@ -130,3 +131,21 @@ async def test_structured_output_off_sends_no_format(settings: Settings, far_sid
     (completion,) = far_side.completions
     assert "response_format" not in completion and "handoff" not in completion["messages"][0]["content"]
     assert [r["body"]["content"] for r in far_side.replies] == ["echo: Hola"]
+
+
+async def test_no_personal_data_at_info_on_the_new_paths(
+    bot: Bot, far_side: FarSide, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import chatwoot_fixture
+
+    voice = chatwoot_fixture("message_created_incoming_audio")
+    voice["attachments"][0]["data_url"] = far_side.add_media("v", b"OggS voice:vivo en Calle Falsa 123", "audio/ogg")
+    far_side.decisions.append({**HANDOFF, "handoff_reason": "María quiere devolver el pedido 5521"})
+    with caplog.at_level(logging.INFO):
+        await bot.post(voice)
+        assert await answer(bot, database_url) == {"completed": 1}
+        await bot.post(chatwoot_fixture("message_created_outgoing_human_agent"))
+        await bot.post(incoming(7, "mi teléfono es +52 55 1234 5678"))
+    assert "completed (handed_off)" in caplog.text and "takeover -> paused" in caplog.text  # INFO did log
+    for private in ("Calle Falsa", "María", "5521", "Carlos", "te ayudo yo", "1234 5678", "Te paso con"):
+        assert private not in caplog.text

@@ -104,7 +104,7 @@ def test_scheduled_sweeper_answers_what_becomes_due_during_its_loop(
         await execute(database_url, "update public.message_buffer set due_at = now() + interval '0.5 seconds'")
 
     run(arrange())
-    result = sweeper.handler(scheduled_event(), LambdaContext(150))
+    result = sweeper.handler(scheduled_event(), LambdaContext(200))
     assert result == {"outcomes": {"completed": 1}}
     assert [r["body"]["content"] for r in far_side.replies] == ["echo: Hola | ¿talla 27?"]
 
@@ -122,7 +122,7 @@ def test_sweeper_stops_claiming_when_the_timeout_is_near(sweeper: Any, far_side:
         await make_due(database_url)
 
     run(arrange())
-    # 60 s left is less than the room a claimed buffer may need (2 model timeouts + 15 s).
+    # 60 s left is less than the room a claimed buffer may need (4 model timeouts + 15 s).
     assert sweeper.handler(scheduled_event(), LambdaContext(60)) == {"outcomes": {}}
     assert far_side.replies == [] and run(buffers(database_url))[0]["status"] == "active"
 

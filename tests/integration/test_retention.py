@@ -1,4 +1,5 @@
-"""Retention: old finished bursts go, in small batches; unfinished ones stay, whatever their age."""
+"""Retention: old finished bursts go, in small batches; unfinished ones stay, whatever their age;
+so do dead letters and conversations with nothing left and no pause in force."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 
 from shared.config import Settings
 from shared.db.store import BufferStore
-from shared.models import InboundMessage
+from shared.models import ConversationSignal, InboundMessage
 from shared.runtime import Runtime
 from tests.support.sql import execute, fetch
 
@@ -55,3 +56,20 @@ async def test_the_sweeper_purges(settings: Settings, database_url: str) -> None
     await runtime.new_sweeper().run_once()
     await runtime.close()
     assert await counts(database_url) == (0, 0)
+
+
+async def test_cancelled_bursts_dead_letters_and_idle_conversations_go_too(store: BufferStore, database_url: str) -> None:
+    await store.ingest(InboundMessage("chatwoot", "3", "held", "h1", "hola", hold_reason="conversation is open"))
+    await store.ingest(InboundMessage("chatwoot", "3", "paused", "p1", "hola"))
+    await store.record_signal(ConversationSignal("chatwoot", "3", None, "paused", "takeover", "a human"), 86400)
+    await store.record_dead_letter("chatwoot", "body is not JSON", b"{oops")
+    await age_everything(database_url, 40)
+    await execute(database_url, "update public.conversation_state set updated_at = now() - interval '40 days'")
+    await execute(database_url, "update public.webhook_dead_letters set received_at = now() - interval '40 days'")
+
+    assert await store.purge_finished_buffers(30 * 86400, 100) == 2  # both bursts were cancelled
+    assert await counts(database_url) == (0, 0)
+    assert await fetch(database_url, "select * from public.webhook_dead_letters") == []
+    # A conversation with nothing left goes; one whose pause is still in force stays.
+    rows = await fetch(database_url, "select conversation_id from public.conversation_state")
+    assert rows == [{"conversation_id": "paused"}]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
 
 from shared.db.errors import StoreError
 from shared.db.store import BufferStore
-from shared.models import InboundMessage
+from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit, Reply
 from tests.conftest import FAST_TIMING
 from tests.support.sql import buffers, execute, fetch, make_due, set_flag
 
@@ -270,3 +271,87 @@ async def test_database_errors_become_store_errors(store: BufferStore) -> None:
     with pytest.raises(StoreError) as caught:
         await store.claim_due_buffers(-1, 30)
     assert caught.value.code is not None and "claim_due_buffers" in str(caught.value)
+
+
+# --- conversation behaviour, through both stores -----------------------------------------------
+
+def signal(kind: str, *, account: str | None = "3", inbox: str | None = "12", conversation: str = "431",
+           human_message: str | None = None) -> ConversationSignal:
+    message = HumanMessage(human_message, "Te ayudo yo") if human_message else None
+    return ConversationSignal("chatwoot", account, inbox, conversation, kind, f"because {kind}", None, message)
+
+
+async def test_takeover_by_inbox_pauses_holds_and_cancels(store: BufferStore, database_url: str) -> None:
+    first = await store.ingest(dataclasses.replace(msg("m1"), inbox_id="12"))
+    result = await store.record_signal(signal("takeover", account=None), pause_seconds=60)
+    assert (result.outcome, result.account_id, result.cancelled) == ("paused", "3", 1)
+    held = await store.ingest(msg("m2"))
+    assert held.accepted and held.held_reason == "bot paused: because takeover" and held.due_at is None
+    assert await store.claim_due_buffers(10, 30) == []
+    rows = await buffers(database_url)
+    assert [(r["id"] == first.buffer_id, r["status"]) for r in rows] == [(True, "cancelled"), (False, "cancelled")]
+    resumed = await store.record_signal(signal("returned_to_bot"), pause_seconds=60)
+    assert resumed.outcome == "resumed" and (await store.ingest(msg("m3"))).held_reason is None
+
+
+async def test_a_human_message_is_stored_once_as_history(store: BufferStore, database_url: str) -> None:
+    assert (await store.record_signal(signal("takeover", human_message="h1"), 60)).outcome == "paused"
+    assert (await store.record_signal(signal("takeover", human_message="h1"), 60)).outcome == "duplicate"
+    assert await fetch(database_url, "select author, content from public.buffered_messages") == [
+        {"author": "agent", "content": "Te ayudo yo"}]
+
+
+async def test_unknown_conversation_and_unknown_signal(store: BufferStore) -> None:
+    assert (await store.record_signal(signal("takeover", account=None, inbox="77"), 60)).outcome == "unknown_conversation"
+    with pytest.raises(StoreError, match="unknown conversation signal"):
+        await store.record_signal(signal("vanished"), 60)
+
+
+async def test_fence_verdicts(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1"))
+    await make_due(database_url)
+    (claimed,) = await store.claim_due_buffers(10, 30)
+    assert await store.fence_reply(claimed, 30) == "send"
+    await store.ingest(msg("m2"))  # the customer writes again before the reply left
+    assert await store.fence_reply(claimed, 30) == "merged"
+    assert await store.fence_reply(claimed, 30) == "lease_lost"  # that lease is over
+    await make_due(database_url)
+    (again,) = await store.claim_due_buffers(10, 30)
+    assert (again.buffer_id, again.message_count, again.attempts) == (claimed.buffer_id, 2, 1)
+    await store.record_signal(signal("takeover"), 60)
+    assert await store.fence_reply(again, 30) == "cancelled"
+
+
+async def test_complete_with_outcomes_and_a_kept_hand_off_draft(store: BufferStore, database_url: str) -> None:
+    await store.ingest(msg("m1"))
+    await make_due(database_url)
+    (claimed,) = await store.claim_due_buffers(10, 30)
+    await store.fail_buffer(claimed, "chatwoot 500", max_attempts=3, backoff_seconds=0.01,
+                            reply_draft=Reply("Te paso con alguien", "pidió una persona"))
+    await make_due(database_url)
+    (retry,) = await store.claim_due_buffers(10, 30)
+    assert retry.draft == Reply("Te paso con alguien", "pidió una persona") and not retry.reply_sent
+    assert await store.mark_reply_sent(retry)
+    assert await store.complete_buffer(retry, retry.draft, pause_seconds=60)
+    (row,) = await buffers(database_url)
+    assert (row["outcome"], row["reply_content"]) == ("handed_off", "Te paso con alguien")
+    assert (await store.ingest(msg("m2"))).held_reason == "bot paused: handed off by the bot: pidió una persona"
+
+
+async def test_transcript_edit_and_dead_letter(store: BufferStore, database_url: str) -> None:
+    voice = InboundMessage("chatwoot", "3", "431", "v1", None, attachments=({"file_type": "audio"},))
+    await store.ingest(voice)
+    assert await store.edit_waiting_message(MessageEdit("chatwoot", "3", "v1", "typed after all",
+                                                        ({"file_type": "audio"},))) == "updated"
+    await make_due(database_url)
+    (claimed,) = await store.claim_due_buffers(10, 30)
+    assert await store.save_transcript(claimed, "v1", 0, "hola")
+    assert not await store.save_transcript(claimed, "v1", 5, "no such attachment")
+    (turn,) = await store.buffer_prompt(claimed.buffer_id, 10)
+    assert (turn.content, turn.attachments, turn.external_id) == ("typed after all",
+                                                                  ({"file_type": "audio", "transcript": "hola"},), "v1")
+    assert await store.edit_waiting_message(MessageEdit("chatwoot", "3", "v1", "too late")) == "not_waiting"
+    body = b"\x00\xff not json \xe9"
+    dead = await store.record_dead_letter("chatwoot", "body is not JSON", body)
+    (letter,) = await fetch(database_url, "select id, body from public.webhook_dead_letters")
+    assert letter["id"] == dead and bytes(letter["body"]) == body

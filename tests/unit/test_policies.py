@@ -7,13 +7,17 @@ import time
 import pytest
 
 from bench.policies import (
-    CHATBUFFER, POLICIES, Call, Conversation, Tally, fixed_windows, flush_on_arrival, make_traffic, run,
-    score_conversation, sliding_window,
+    CHATBUFFER, GENERATION_S, POLICIES, Call, Conversation, Tally, fenced_sliding_window, fixed_windows,
+    flush_on_arrival, make_traffic, run, score_conversation, sliding_window,
 )
 
 
 def answered_groups(calls: list[Call]) -> list[tuple[float, list[int]]]:
-    return [(call.fires_at, sorted(call.messages)) for call in calls]
+    return [(call.fires_at, sorted(call.messages)) for call in calls if not call.discarded]
+
+
+def discarded_groups(calls: list[Call]) -> list[tuple[float, list[int]]]:
+    return [(call.fires_at, sorted(call.messages)) for call in calls if call.discarded]
 
 
 # --- sliding-window debounce -----------------------------------------------------------------
@@ -53,8 +57,49 @@ def test_count_cap_fires_at_once_on_the_fiftieth_message() -> None:
 def test_chatbuffer_policy_uses_the_project_defaults() -> None:
     chatbuffer = POLICIES[CHATBUFFER]
     assert answered_groups(chatbuffer([0.0, 29.0, 58.0])) == [(88.0, [0, 1, 2])]
-    assert answered_groups(chatbuffer([0.0, 31.0])) == [(30.0, [0]), (61.0, [1])]
+    assert answered_groups(chatbuffer([0.0, 40.0])) == [(30.0, [0]), (70.0, [1])]
     assert chatbuffer([float(i) for i in range(50)])[0].fires_at == 49.0
+
+
+# --- chatbuffer's fence ------------------------------------------------------------------------
+
+def test_a_message_while_the_reply_is_written_discards_the_draft_and_joins() -> None:
+    # Due at 30; the reply would leave at 34; the customer writes at 31.
+    calls = fenced_sliding_window([0.0, 31.0], window_s=30.0, max_age_s=300.0, max_messages=50)
+    assert discarded_groups(calls) == [(30.0, [0])]
+    assert answered_groups(calls) == [(61.0, [0, 1])]  # one reply, after the new quiet window
+
+
+def test_a_merged_burst_already_due_is_answered_at_the_fence() -> None:
+    calls = fenced_sliding_window([0.0, 31.0], window_s=1.0, max_age_s=300.0, max_messages=50,
+                                  generation_s=40.0)
+    assert answered_groups(calls) == [(41.0, [0, 1])]  # the merged window ended before the fence
+
+
+def test_past_max_age_the_draft_is_sent_and_the_new_message_waits_its_turn() -> None:
+    times = [0.0, 20.0, 40.0, 60.0, 80.0, 98.0]  # never quiet for 30 s; cap at 100 s
+    calls = fenced_sliding_window(times, window_s=30.0, max_age_s=100.0, max_messages=50, generation_s=4.0)
+    assert discarded_groups(calls) == []
+    # Due at 100 (max age), sent at 104; the next burst waits for it, then its own window.
+    assert answered_groups(calls) == [(100.0, [0, 1, 2, 3, 4, 5])]
+    calls = fenced_sliding_window([*times, 101.0], window_s=30.0, max_age_s=100.0, max_messages=50,
+                                  generation_s=4.0)
+    assert answered_groups(calls) == [(100.0, [0, 1, 2, 3, 4, 5]), (131.0, [6])]
+
+
+def test_a_merge_never_passes_the_max_count() -> None:
+    calls = fenced_sliding_window([0.0, 1.0, 2.0], window_s=30.0, max_age_s=300.0, max_messages=2)
+    assert discarded_groups(calls) == [] and answered_groups(calls) == [(1.0, [0, 1]), (32.0, [2])]
+
+
+def test_discarded_drafts_count_as_calls_and_stale_replies_are_counted() -> None:
+    conversation = Conversation(times=(0.0, 31.0), burst_of=(0, 0))
+    fenced, plain = Tally(), Tally()
+    score_conversation(conversation, POLICIES[CHATBUFFER](conversation.times), fenced)
+    score_conversation(conversation, sliding_window(conversation.times, 30.0, 300.0), plain)
+    assert (fenced.calls, fenced.drafts_discarded, fenced.stale_replies, fenced.bursts_exact) == (2, 1, 0, 1)
+    assert (plain.calls, plain.drafts_discarded, plain.stale_replies, plain.bursts_split) == (2, 0, 1, 1)
+    assert fenced.reply_delays == pytest.approx([61.0 + GENERATION_S - 31.0])
 
 
 # --- fixed wall-clock windows ----------------------------------------------------------------
@@ -104,8 +149,10 @@ def test_metrics_count_split_merged_exact_and_unanswered() -> None:
     assert tally.bursts_merged == 1
     assert tally.bursts_exact == 1
     assert tally.messages_never_answered == 1
-    # Delay of each burst whose last message was answered: bursts 0, 1 and 2, not 3.
-    assert tally.reply_delays == pytest.approx([150.0 - 1.0, 150.0 - 100.0, 205.0 - 201.0])
+    # Delay of each burst whose last message was answered (to the reply being sent): bursts 0, 1
+    # and 2, not 3.
+    g = GENERATION_S
+    assert tally.reply_delays == pytest.approx([150.0 + g - 1.0, 150.0 + g - 100.0, 205.0 + g - 201.0])
 
 
 def test_a_message_answered_twice_is_rejected() -> None:
@@ -120,7 +167,7 @@ def test_metrics_of_a_real_policy_on_a_constructed_conversation() -> None:
     tally = Tally()
     score_conversation(conversation, POLICIES[CHATBUFFER](conversation.times), tally)
     assert (tally.calls, tally.bursts_split, tally.bursts_merged, tally.bursts_exact) == (3, 1, 0, 1)
-    assert tally.reply_delays == pytest.approx([30.0, 30.0])
+    assert tally.reply_delays == pytest.approx([30.0 + GENERATION_S, 30.0 + GENERATION_S])
 
 
 # --- traffic and run() -----------------------------------------------------------------------
@@ -148,6 +195,7 @@ def test_smoke_run_has_the_documented_shape_and_is_deterministic() -> None:
     assert {row["policy"] for row in report["results"]} == set(POLICIES)
     for row in report["results"]:
         for key in ("llm_calls_per_burst", "bursts_split", "bursts_merged", "messages_never_answered",
+                    "drafts_discarded", "stale_replies",
                     "mean_reply_delay_s", "p95_reply_delay_s", "bursts", "messages", "calls"):
             assert key in row, key
         assert math.isclose(row["llm_calls_per_burst"], row["calls"] / row["bursts"], abs_tol=1e-4)
