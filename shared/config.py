@@ -84,6 +84,7 @@ class Settings:
     chatwoot_webhook_secret: str | None = field(default=None, repr=False)
     chatwoot_webhook_token: str | None = field(default=None, repr=False)
     chatwoot_answer_statuses: frozenset[str] = frozenset({"pending"})
+    chatwoot_media_hosts: frozenset[str] = frozenset()  # besides CHATWOOT_BASE_URL's host
     timing: BufferTiming = BufferTiming()
     history_messages: int = 20
     max_attempts: int = 5
@@ -148,6 +149,8 @@ class Settings:
             chatwoot_webhook_secret=_text(env, "CHATWOOT_WEBHOOK_SECRET"),
             chatwoot_webhook_token=_text(env, "CHATWOOT_WEBHOOK_TOKEN"),
             chatwoot_answer_statuses=frozenset(s.strip() for s in statuses.split(",") if s.strip()),
+            chatwoot_media_hosts=frozenset(h.strip().lower() for h in (_text(env, "CHATWOOT_MEDIA_HOSTS") or "").split(",")
+                                           if h.strip()),
             timing=timing,
             history_messages=int(_number(env, "HISTORY_MESSAGES", 20, whole=True)),
             max_attempts=int(_number(env, "MAX_ATTEMPTS", 5, whole=True)),

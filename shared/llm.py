@@ -56,6 +56,7 @@ REPLY_FORMAT: dict[str, Any] = {
     },
 }
 HUMAN_AGENT_PREFIX = "[human agent] "
+DECISION_KEYS = frozenset(REPLY_FORMAT["json_schema"]["schema"]["properties"])
 
 
 class Responder(Protocol):
@@ -101,10 +102,11 @@ def chat_messages(system_prompt: str, turns: Sequence[PromptTurn]) -> list[dict[
 
 
 def decision_from_text(text: str, *, plain_allowed: bool) -> Reply:
-    """Decode the model's answer. Our JSON shape is always decoded (even from a plain-text server),
-    so raw JSON never reaches the customer; other text is the reply when plain text is allowed."""
-    decoded = _json_object(text)
-    if decoded is not None and "reply" in decoded and ("should_reply" in decoded or "handoff" in decoded):
+    """Decode the model's answer. Our JSON shape is always decoded (even from a plain-text server,
+    fenced in ```json or with fields missing), so raw JSON never reaches the customer; other text
+    is the reply when plain text is allowed."""
+    decoded = decision_json(text)
+    if decoded is not None:
         return _decision(decoded)
     if not plain_allowed:
         raise BadModelOutput("the model did not answer in the JSON format asked for")
@@ -113,15 +115,21 @@ def decision_from_text(text: str, *, plain_allowed: bool) -> Reply:
     return Reply(text.strip())
 
 
-def _json_object(text: str) -> Mapping[str, Any] | None:
+def decision_json(text: str) -> Mapping[str, Any] | None:
+    """The decision object in the model's text, if it wrote one: a JSON object with a `reply` and
+    no keys but ours, bare or in a Markdown code fence."""
     stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.partition("\n")[2].rpartition("```")[0].strip()
     if not stripped.startswith("{"):
         return None
     try:
         value = orjson.loads(stripped)
     except orjson.JSONDecodeError:
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict) or "reply" not in value or not set(value) <= DECISION_KEYS:
+        return None
+    return value
 
 
 def _decision(data: Mapping[str, Any]) -> Reply:
@@ -174,8 +182,13 @@ class OpenAIResponder:
         message = completion.choices[0].message if completion.choices else None
         if message is not None and getattr(message, "refusal", None):
             return Reply(None, f"the model declined to answer: {message.refusal}")
-        return decision_from_text((message.content or "") if message else "",
-                                  plain_allowed=self._structured == "auto")
+        content = (message.content or "") if message else ""
+        if self._structured == "auto" and decision_json(content) is None:
+            # The server ignored the format: stop asking for JSON, or a model could answer in JSON
+            # that is not ours (this answer itself is prose, and sent as the reply).
+            log.warning("model server ignored Structured Outputs: plain-text replies from now on")
+            self._structured = "off"
+        return decision_from_text(content, plain_allowed=self._structured != "on")
 
     async def _plain_reply(self, turns: Sequence[PromptTurn]) -> Reply:
         completion = await self._complete(turns, structured=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Protocol, Sequence
 
 from shared.attachments import ASK_TO_TYPE
+from shared.channels.chatwoot import MediaTooLarge
 from shared.models import ClaimedBuffer, PromptTurn, RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,17 @@ class MediaPreparer:
         if not config.voice_transcription:
             attachment["media_note"] = f"voice notes cannot be listened to here; {ASK_TO_TYPE}"
             return
-        size = attachment.get("file_size")
-        if isinstance(size, int) and size > self._limits.max_audio_bytes:
-            attachment["media_note"] = f"too long to transcribe; {ASK_TO_TYPE}"
+        too_long = f"too long to transcribe; {ASK_TO_TYPE}"
+        if _declared_over(attachment, self._limits.max_audio_bytes):
+            attachment["media_note"] = too_long
             return
         try:
             audio, content_type = await self._fetch(attachment, self._limits.max_audio_bytes)
             transcript = (await self._transcriber.transcribe(
                 audio, _file_name(attachment, "voice"), content_type or attachment.get("content_type"))).strip()
+        except MediaTooLarge:
+            attachment["media_note"] = too_long
+            return
         except Exception as exc:  # never fails the burst: the model asks the customer to type
             log.warning("buffer %s: voice note %s could not be transcribed: %s: %s",
                         buffer.buffer_id, index, type(exc).__name__, exc)
@@ -115,12 +119,15 @@ class MediaPreparer:
                 log.exception("buffer %s: could not store a transcript", buffer.buffer_id)
 
     async def _image(self, buffer: ClaimedBuffer, attachment: dict[str, Any]) -> None:
-        size = attachment.get("file_size")
-        if isinstance(size, int) and size > self._limits.max_image_bytes:
-            attachment["media_note"] = f"not shown: larger than {self._limits.max_image_bytes / MB:g} MB"
+        too_large = f"not shown: larger than {self._limits.max_image_bytes / MB:.2g} MB"
+        if _declared_over(attachment, self._limits.max_image_bytes):
+            attachment["media_note"] = too_large
             return
         try:
             data, content_type = await self._fetch(attachment, self._limits.max_image_bytes)
+        except MediaTooLarge:
+            attachment["media_note"] = too_large
+            return
         except Exception as exc:
             log.warning("buffer %s: image could not be fetched: %s: %s", buffer.buffer_id, type(exc).__name__, exc)
             attachment["media_note"] = "it could not be loaded"
@@ -145,6 +152,12 @@ def is_animated_webp(data: bytes) -> bool:
     providers refuse those, and one refused image would fail the whole model call."""
     return (len(data) >= 21 and data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X"
             and bool(data[20] & 0x02))
+
+
+def _declared_over(attachment: dict[str, Any], max_bytes: int) -> bool:
+    """Chatwoot states a file's size: one over the cap is not even downloaded."""
+    size = attachment.get("file_size")
+    return isinstance(size, int) and size > max_bytes
 
 
 def _file_name(attachment: dict[str, Any], stem: str) -> str:

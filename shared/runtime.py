@@ -78,7 +78,7 @@ class Runtime:
             return ConsoleOutbox(self._http)
         from shared.channels.chatwoot import ChatwootClient
 
-        return ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, self._http)
+        return ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, self._http, s.chatwoot_media_hosts)
 
     @cached_property
     def processor(self) -> BufferProcessor:

@@ -60,6 +60,10 @@ class MediaUnavailable(Exception):
     """An attachment could not be fetched; the message says why."""
 
 
+class MediaTooLarge(MediaUnavailable):
+    """An attachment is larger than the limit it was fetched with."""
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The X-Chatwoot-Signature header value for this body (also used by tests and benchmarks)."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
@@ -243,10 +247,21 @@ def _inbox_id(event: Mapping[str, Any], conversation: Mapping[str, Any]) -> str 
 
 def _content(value: Any) -> str | None:
     if value is None or isinstance(value, str):
-        return value
+        return _clean(value)
     if isinstance(value, (int, float)):
         return str(value)
     return None  # not text at all: the attachments (if any) still reach the model
+
+
+def _clean(value: Any) -> Any:
+    """Without NUL characters, which PostgreSQL's text and jsonb refuse (a retry would not help)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -270,27 +285,29 @@ def _attachments(raw: Any) -> tuple[dict[str, Any], ...]:
     """Chatwoot's push_event_data can hold a null inside attachments[]: skipped, as any non-object."""
     if not isinstance(raw, list):
         return ()
-    return tuple({key: item[key] for key in ATTACHMENT_KEYS if item.get(key) is not None}
+    return tuple({key: _clean(item[key]) for key in ATTACHMENT_KEYS if item.get(key) is not None}
                  for item in raw if isinstance(item, dict))
 
 
 async def fetch_attachment(
-    http: httpx.AsyncClient, url: str, *, max_bytes: int, allowed_host: str | None = None,
+    http: httpx.AsyncClient, url: str, *, max_bytes: int, allowed_hosts: frozenset[str] | None = None,
     retry_delays: Sequence[float] = MEDIA_RETRY_DELAYS,
 ) -> tuple[bytes, str | None]:
     """GET an attachment's data_url (a public ActiveStorage redirect: no token, follow redirects),
     retrying a 404 or a server error with backoff. Returns the bytes and their content type.
 
-    `allowed_host`: the Chatwoot host; a data_url elsewhere is refused, so a payload cannot make
-    the sweeper fetch an arbitrary address. No credentials are ever sent with the request.
+    `allowed_hosts`: Chatwoot's hosts; a data_url elsewhere is refused, so a payload cannot make
+    the sweeper fetch an arbitrary address (where the redirect leads, the storage, is Chatwoot's
+    choice). No credentials are ever sent with the request.
     """
     import httpx  # the sweeper's path only
 
-    host = urlsplit(url).hostname
+    host = (urlsplit(url).hostname or "").lower()
     if urlsplit(url).scheme not in ("http", "https") or not host:
         raise MediaUnavailable("data_url is not an http(s) address")
-    if allowed_host and host.lower() != allowed_host.lower():
-        raise MediaUnavailable(f"data_url host {host} is not CHATWOOT_BASE_URL's host {allowed_host}")
+    if allowed_hosts is not None and host not in allowed_hosts:
+        raise MediaUnavailable(f"data_url host {host} is not one of Chatwoot's hosts ({', '.join(sorted(allowed_hosts))});"
+                               " set CHATWOOT_MEDIA_HOSTS if Chatwoot's public address differs from CHATWOOT_BASE_URL")
     problem = "not fetched"
     for delay in (*retry_delays, None):
         try:
@@ -312,12 +329,12 @@ async def fetch_attachment(
 async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise MediaUnavailable(f"{int(declared)} bytes, over the {max_bytes}-byte limit")
+        raise MediaTooLarge(f"{int(declared)} bytes, over the {max_bytes}-byte limit")
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > max_bytes:
-            raise MediaUnavailable(f"over the {max_bytes}-byte limit")
+            raise MediaTooLarge(f"over the {max_bytes}-byte limit")
     return bytes(body)
 
 
@@ -325,9 +342,10 @@ class ChatwootClient:
     """Chatwoot's REST API, as an Agent Bot token may use it: post replies and private notes,
     toggle typing and status; and the attachments' public data_url."""
 
-    def __init__(self, base_url: str, api_token: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, base_url: str, api_token: str, http: httpx.AsyncClient,
+                 media_hosts: frozenset[str] = frozenset()) -> None:
         self._base = base_url.rstrip("/")
-        self._host = urlsplit(self._base).hostname
+        self._media_hosts = frozenset({(urlsplit(self._base).hostname or "").lower(), *media_hosts})
         self._headers = {"api_access_token": api_token}
         self._http = http
 
@@ -359,4 +377,4 @@ class ChatwootClient:
         })
 
     async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
-        return await fetch_attachment(self._http, url, max_bytes=max_bytes, allowed_host=self._host)
+        return await fetch_attachment(self._http, url, max_bytes=max_bytes, allowed_hosts=self._media_hosts)

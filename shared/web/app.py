@@ -117,6 +117,9 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
         except chatwoot.BadPayload as exc:
             return await _dead_letter(runtime, chatwoot.CHANNEL, str(exc), body)
         except (StoreError, ConfigError) as exc:
+            if isinstance(exc, StoreError) and (exc.code or "").startswith("22"):
+                # A data exception (SQLSTATE class 22): a retry would fail the same way.
+                return await _dead_letter(runtime, chatwoot.CHANNEL, f"the database refused its data: {exc}", body)
             # 500 makes Chatwoot retry the delivery (it retries agent bots on 429 and 500 only).
             log.error("storing a chatwoot event failed: %s", exc)
             return _reply(500, error="could not store the event; retry")

@@ -149,6 +149,7 @@ declare
     paused_until timestamptz;
     paused_because text;
     known boolean;  -- the conversation has a conversation_state row
+    has_inbox boolean;
     hold text;
     buf_id bigint;
     buf_first_message_at timestamptz;
@@ -164,8 +165,8 @@ begin
     -- pays executor start-up; this one replaced three): is it a redelivery, the flags, whether an
     -- operator set a timing value, and whether the bot is paused in this conversation.
     select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings,
-           state.bot_paused_until, state.pause_reason, state.channel is not null
-      into existing_buffer, buffering, fallback, operator_settings, paused_until, paused_because, known
+           state.bot_paused_until, state.pause_reason, state.channel is not null, state.inbox_id is not null
+      into existing_buffer, buffering, fallback, operator_settings, paused_until, paused_because, known, has_inbox
       from (select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false)
                        as buffering,
                    not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false)
@@ -186,6 +187,17 @@ begin
     if not known then  -- a conversation's first message records where it lives
         insert into public.conversation_state (channel, account_id, conversation_id, inbox_id)
         values (p_channel, p_account_id, p_conversation_id, p_inbox_id);
+    elsif not has_inbox and p_inbox_id is not null then
+        update public.conversation_state s set inbox_id = p_inbox_id
+         where s.channel = p_channel and s.account_id = p_account_id and s.conversation_id = p_conversation_id;
+    end if;
+    if p_hold_reason is not null then
+        -- The message itself says the conversation is not the bot's now (its status event may be
+        -- late, or lost): what still waits is not answered either.
+        update public.message_buffer b
+           set status = 'cancelled', cancel_reason = p_hold_reason, cancelled_at = now()
+         where b.channel = p_channel and b.account_id = p_account_id and b.conversation_id = p_conversation_id
+           and (b.status = 'active' or (b.status = 'processing' and b.lease_token is null));
     end if;
     hold := coalesce(p_hold_reason, case when paused_until > now() then 'bot paused: ' || paused_because end);
     if hold is not null then
@@ -272,6 +284,7 @@ set search_path = ''
 as $$
 declare
     msg record;
+    edited jsonb;
 begin
     select m.buffer_id, b.conversation_id into msg
       from public.buffered_messages m join public.message_buffer b on b.id = m.buffer_id
@@ -280,24 +293,36 @@ begin
         return query select 'unknown';
         return;
     end if;
-    -- fence_reply may move waiting messages into the burst being answered: take its lock.
+    -- fence_reply may move waiting messages into the burst being answered: take its lock. The
+    -- buffer row is locked too, so a claim cannot take the burst between this check and the edit.
     perform pg_catalog.pg_advisory_xact_lock(
         pg_catalog.hashtextextended(p_channel || '/' || p_account_id || '/' || msg.conversation_id, 0));
-    update public.buffered_messages m
-       set content = p_content, attachments = coalesce(p_attachments, '[]'::jsonb)
-      from public.message_buffer b
+    perform 1 from public.message_buffer b
+      join public.buffered_messages m on m.buffer_id = b.id
      where m.channel = p_channel and m.account_id = p_account_id and m.external_id = p_external_id
-       and b.id = m.buffer_id and b.status = 'active'
-       and (m.content is distinct from p_content or m.attachments is distinct from coalesce(p_attachments, '[]'::jsonb));
-    if found then
-        return query select 'updated';
-    elsif exists (select 1 from public.buffered_messages m join public.message_buffer b on b.id = m.buffer_id
-                   where m.channel = p_channel and m.account_id = p_account_id and m.external_id = p_external_id
-                     and b.status = 'active') then
-        return query select 'unchanged';
-    else
+       and b.status = 'active'
+       for share of b;
+    if not found then
         return query select 'not_waiting';
+        return;
     end if;
+    -- A voice note already transcribed (the burst went back to waiting after a discarded draft)
+    -- keeps its transcript: the same file is not paid for twice.
+    select coalesce(jsonb_agg(case when old.item ? 'transcript'
+                                        and old.item->'data_url' is not distinct from new.item->'data_url'
+                                   then new.item || jsonb_build_object('transcript', old.item->'transcript')
+                                   else new.item end order by new.position), '[]'::jsonb)
+      into edited
+      from jsonb_array_elements(coalesce(p_attachments, '[]'::jsonb)) with ordinality as new(item, position)
+      left join public.buffered_messages m
+        on m.channel = p_channel and m.account_id = p_account_id and m.external_id = p_external_id
+      left join lateral jsonb_array_elements(m.attachments) with ordinality as old(item, position)
+        on old.position = new.position;
+    update public.buffered_messages m
+       set content = p_content, attachments = edited
+     where m.channel = p_channel and m.account_id = p_account_id and m.external_id = p_external_id
+       and (m.content is distinct from p_content or m.attachments is distinct from edited);
+    return query select case when found then 'updated' else 'unchanged' end;
 end;
 $$;
 
@@ -413,8 +438,9 @@ $$;
 --   send        none of the above: the lease is extended, send now.
 -- The draft is sent although newer messages wait (they become the next burst) when the burst's first
 -- message is older than the max age, so a customer who never stops typing is still answered; when
--- the merged burst would pass the max count, a cap that means "answer now"; and with
--- message_buffering off, which means "answer each message on its own".
+-- the merged burst would pass the max count, a cap that means "answer now"; with
+-- message_buffering off, which means "answer each message on its own"; and when the reply already
+-- left (a hand-off being retried): only the hand-off remains to do.
 create function public.fence_reply(
     p_buffer_id bigint, p_lease_token uuid, p_lease_seconds numeric, p_defaults jsonb)
 returns table (verdict text)
@@ -465,7 +491,7 @@ begin
     select * into cfg from public.effective_settings(p_defaults);
     select coalesce(bool_or(f.is_enabled), false) into buffering
       from public.feature_flags f where f.flag_name = 'message_buffering';
-    if newer.buffers > 0 and buffering
+    if newer.buffers > 0 and buffering and b.reply_sent_at is null
        and b.message_count + newer.messages <= cfg.max_messages
        and b.first_message_at > now() - make_interval(secs => cfg.max_age_seconds::double precision) then
         update public.buffered_messages m
@@ -550,12 +576,15 @@ begin
         return;
     end if;
     if p_outcome = 'handed_off' then
-        insert into public.conversation_state as s (channel, account_id, conversation_id, bot_paused_until, pause_reason)
+        -- Its time counts as a signal's: a resolve delivered late but older than it changes nothing.
+        insert into public.conversation_state as s (channel, account_id, conversation_id, bot_paused_until,
+                                                    pause_reason, signal_at)
         values (b.channel, b.account_id, b.conversation_id,
                 now() + make_interval(secs => p_pause_seconds::double precision),
-                'handed off by the bot: ' || coalesce(p_handoff_reason, 'no reason given'))
+                'handed off by the bot: ' || coalesce(p_handoff_reason, 'no reason given'), now())
         on conflict (channel, account_id, conversation_id) do update
-           set bot_paused_until = excluded.bot_paused_until, pause_reason = excluded.pause_reason, updated_at = now();
+           set bot_paused_until = excluded.bot_paused_until, pause_reason = excluded.pause_reason,
+               signal_at = greatest(s.signal_at, excluded.signal_at), updated_at = now();
         update public.message_buffer x
            set status = 'cancelled', cancel_reason = 'handed off to a human', cancelled_at = now()
          where x.channel = b.channel and x.account_id = b.account_id and x.conversation_id = b.conversation_id
@@ -756,6 +785,9 @@ begin
            and not exists (select 1 from public.message_buffer b
                             where b.channel = s2.channel and b.account_id = s2.account_id
                               and b.conversation_id = s2.conversation_id)
+           -- an ingest holding the conversation's lock is storing a message there right now
+           and pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended(
+                   s2.channel || '/' || s2.account_id || '/' || s2.conversation_id, 0))
          limit p_batch_size
            for update skip locked);
     return query select removed;
@@ -773,33 +805,28 @@ create policy api_roles_denied on public.webhook_dead_letters as restrictive
 revoke all on public.conversation_state, public.webhook_dead_letters from public, anon, authenticated;
 grant select, insert, update, delete on public.conversation_state, public.webhook_dead_letters to service_role;
 
-revoke execute on function
-    public.hold_message(text, text, text, text, text, text, jsonb, timestamptz, text),
-    public.ingest_message(text, text, text, text, text, jsonb, timestamptz, jsonb, text, text),
-    public.edit_waiting_message(text, text, text, text, jsonb),
-    public.record_dead_letter(text, text, bytea, integer),
-    public.record_conversation_signal(text, text, text, text, text, text, timestamptz, numeric, text, text, jsonb, timestamptz),
-    public.fence_reply(bigint, uuid, numeric, jsonb),
-    public.mark_reply_sent(bigint, uuid),
-    public.complete_buffer(bigint, uuid, text, text, text, numeric),
-    public.fail_buffer(bigint, uuid, text, integer, numeric, text, text),
-    public.claim_due_buffers(integer, numeric, bigint[]),
-    public.buffer_prompt(bigint, integer),
-    public.save_transcript(text, text, text, integer, text),
-    public.runtime_config(jsonb)
-    from public, anon, authenticated;
-grant execute on function
-    public.hold_message(text, text, text, text, text, text, jsonb, timestamptz, text),
-    public.ingest_message(text, text, text, text, text, jsonb, timestamptz, jsonb, text, text),
-    public.edit_waiting_message(text, text, text, text, jsonb),
-    public.record_dead_letter(text, text, bytea, integer),
-    public.record_conversation_signal(text, text, text, text, text, text, timestamptz, numeric, text, text, jsonb, timestamptz),
-    public.fence_reply(bigint, uuid, numeric, jsonb),
-    public.mark_reply_sent(bigint, uuid),
-    public.complete_buffer(bigint, uuid, text, text, text, numeric),
-    public.fail_buffer(bigint, uuid, text, integer, numeric, text, text),
-    public.claim_due_buffers(integer, numeric, bigint[]),
-    public.buffer_prompt(bigint, integer),
-    public.save_transcript(text, text, text, integer, text),
-    public.runtime_config(jsonb)
-    to service_role;
+-- Every function defined or redefined here: the backend's role only.
+do $$
+declare
+    fn text;
+begin
+    foreach fn in array array[
+        'public.hold_message(text, text, text, text, text, text, jsonb, timestamptz, text)',
+        'public.ingest_message(text, text, text, text, text, jsonb, timestamptz, jsonb, text, text)',
+        'public.edit_waiting_message(text, text, text, text, jsonb)',
+        'public.record_dead_letter(text, text, bytea, integer)',
+        'public.record_conversation_signal(text, text, text, text, text, text, timestamptz, numeric, text, text, jsonb, timestamptz)',
+        'public.fence_reply(bigint, uuid, numeric, jsonb)',
+        'public.mark_reply_sent(bigint, uuid)',
+        'public.complete_buffer(bigint, uuid, text, text, text, numeric)',
+        'public.fail_buffer(bigint, uuid, text, integer, numeric, text, text)',
+        'public.claim_due_buffers(integer, numeric, bigint[])',
+        'public.buffer_prompt(bigint, integer)',
+        'public.save_transcript(text, text, text, integer, text)',
+        'public.runtime_config(jsonb)'
+    ] loop
+        execute format('revoke execute on function %s from public, anon, authenticated', fn);
+        execute format('grant execute on function %s to service_role', fn);
+    end loop;
+end
+$$;

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 import pytest
 
 from shared.config import Settings
+from shared.logs import configure_logging
 from shared.runtime import Runtime
 from tests.conftest import incoming
 from tests.support.far_side import FarSide
@@ -95,7 +96,11 @@ async def test_a_server_that_ignores_the_format_still_gets_its_text_sent(
     far_side.structured = "ignore"  # answers prose as if response_format were not there
     await bot.post(incoming(1, "Hola"))
     assert await answer(bot, database_url) == {"completed": 1}
-    assert [r["body"]["content"] for r in far_side.replies] == ["echo: Hola"]
+    await bot.post(incoming(2, "¿Y envíos?"))
+    assert await answer(bot, database_url) == {"completed": 1}
+    assert [r["body"]["content"] for r in far_side.replies] == ["echo: Hola", "echo: ¿Y envíos?"]
+    # Once ignored, JSON is not asked for again (a model could answer JSON of another shape).
+    assert "response_format" in far_side.completions[0] and "response_format" not in far_side.completions[1]
 
 
 @pytest.fixture
@@ -134,18 +139,65 @@ async def test_structured_output_off_sends_no_format(settings: Settings, far_sid
 
 
 async def test_no_personal_data_at_info_on_the_new_paths(
-    bot: Bot, far_side: FarSide, database_url: str, caplog: pytest.LogCaptureFixture
+    bot: Bot, far_side: FarSide, database_url: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tests.conftest import chatwoot_fixture
+    from tests.integration.test_takeover import human
 
+    monkeypatch.setenv("LOG_LEVEL", "INFO")
+    configure_logging()  # as every entry point does
     voice = chatwoot_fixture("message_created_incoming_audio")
-    voice["attachments"][0]["data_url"] = far_side.add_media("v", b"OggS voice:vivo en Calle Falsa 123", "audio/ogg")
+    # Chatwoot's data_url ends in the file's own name, which can name the customer.
+    voice["attachments"][0]["data_url"] = far_side.add_media("Maria_Lopez_INE", b"OggS voice:vivo en Calle Falsa 123",
+                                                             "audio/ogg")
     far_side.decisions.append({**HANDOFF, "handoff_reason": "María quiere devolver el pedido 5521"})
     with caplog.at_level(logging.INFO):
         await bot.post(voice)
         assert await answer(bot, database_url) == {"completed": 1}
-        await bot.post(chatwoot_fixture("message_created_outgoing_human_agent"))
+        await bot.post(human(8, "Hola, soy Carlos, te ayudo yo."))
         await bot.post(incoming(7, "mi teléfono es +52 55 1234 5678"))
     assert "completed (handed_off)" in caplog.text and "takeover -> paused" in caplog.text  # INFO did log
-    for private in ("Calle Falsa", "María", "5521", "Carlos", "te ayudo yo", "1234 5678", "Te paso con"):
+    for private in ("Maria_Lopez", "Calle Falsa", "María", "5521", "Carlos", "te ayudo yo", "1234 5678", "Te paso con"):
         assert private not in caplog.text
+
+
+async def test_a_message_during_a_hand_off_retry_neither_resends_nor_loses_the_hand_off(
+    bot: Bot, far_side: FarSide, database_url: str
+) -> None:
+    far_side.decisions.append(HANDOFF)
+    far_side.fail_handoffs = 1
+    await bot.post(incoming(1, "Una persona, por favor"))
+    assert await answer(bot, database_url) == {"retry": 1}  # the reply left; opening failed
+    await bot.post(incoming(2, "¿hola?"))  # the customer writes before the retry
+    assert await answer(bot, database_url) == {"completed": 1}
+    assert [r["body"]["content"] for r in far_side.public_replies()] == ["Te paso con una persona del equipo."]
+    assert [s["status"] for s in far_side.statuses] == ["open"] and len(far_side.private_notes()) == 1
+    rows = await buffers(database_url)
+    assert [(r["status"], r["outcome"], r["message_count"]) for r in rows] == [
+        ("completed", "handed_off", 1), ("cancelled", None, 1)]  # the new message waits for the human
+    assert rows[0]["reply_content"] == "Te paso con una persona del equipo." and rows[0]["discarded_drafts"] == 0
+
+
+async def test_a_late_resolve_older_than_the_hand_off_does_not_lift_it(
+    bot: Bot, far_side: FarSide, database_url: str
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from tests.integration.test_takeover import status_event
+
+    far_side.decisions.append(HANDOFF)
+    await bot.post(incoming(1, "Una persona"))
+    assert await answer(bot, database_url) == {"completed": 1}
+    older = status_event("resolved", "conversation_resolved", at=datetime.now(timezone.utc) - timedelta(minutes=1))
+    assert await bot.status_of(older) == "stale"
+    assert await bot.status_of(incoming(2, "¿hola?")) == "held"
+
+
+async def test_json_in_a_code_fence_from_a_server_ignoring_the_format_is_decoded(
+    bot: Bot, far_side: FarSide, database_url: str
+) -> None:
+    far_side.structured = "fenced"  # ignores response_format, but the model still writes JSON, fenced
+    await bot.post(incoming(1, "Hola"))
+    assert await answer(bot, database_url) == {"completed": 1}
+    assert [r["body"]["content"] for r in far_side.replies] == ["echo: Hola"]

@@ -143,8 +143,8 @@ async def test_caps_on_images_per_burst_and_size(two_image_bot: Bot, far_side: F
     contents = [m["content"] for m in far_side.completions[0]["messages"][-3:]]
     images = [p for c in contents for p in c if p["type"] == "image_url"]
     notes = [p["text"] for c in contents for p in c if p["type"] == "text" and p["text"].startswith("[")]
-    assert len(images) == 1  # two are tried per burst: the big one failed, the last is only noted
-    assert notes == ["[image: it could not be loaded]", "[image: not shown: only 2 images per burst are]"]
+    assert len(images) == 1  # two are tried per burst: the big one, then one small; the last is noted
+    assert notes == ["[image: not shown: larger than 0.001 MB]", "[image: not shown: only 2 images per burst are]"]
 
 
 async def test_location_and_contact_card_reach_the_model_as_text(bot: Bot, far_side: FarSide, database_url: str) -> None:

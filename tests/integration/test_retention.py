@@ -73,3 +73,22 @@ async def test_cancelled_bursts_dead_letters_and_idle_conversations_go_too(store
     # A conversation with nothing left goes; one whose pause is still in force stays.
     rows = await fetch(database_url, "select conversation_id from public.conversation_state")
     assert rows == [{"conversation_id": "paused"}]
+
+
+async def test_purge_leaves_a_conversation_whose_message_is_being_stored(store: BufferStore, database_url: str) -> None:
+    import asyncpg
+
+    await store.record_signal(ConversationSignal("chatwoot", "3", "12", "idle", "resolved", "done"), 60)
+    await execute(database_url, "update public.conversation_state set updated_at = now() - interval '40 days'")
+    ingest = await asyncpg.connect(database_url)
+    try:  # an ingest holds the conversation's lock while it stores a message there
+        transaction = ingest.transaction()
+        await transaction.start()
+        await ingest.execute("select pg_advisory_xact_lock(hashtextextended('chatwoot/3/idle', 0))")
+        await store.purge_finished_buffers(30 * 86400, 100)
+        assert len(await fetch(database_url, "select * from public.conversation_state")) == 1
+        await transaction.rollback()
+    finally:
+        await ingest.close()
+    await store.purge_finished_buffers(30 * 86400, 100)
+    assert await fetch(database_url, "select * from public.conversation_state") == []

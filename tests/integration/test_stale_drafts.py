@@ -15,10 +15,14 @@ def msg(external_id: str, content: str) -> InboundMessage:
     return InboundMessage("chatwoot", "3", "431", external_id, content)
 
 
-async def generating(database_url: str) -> None:
-    """Wait until a sweeper holds the burst (the model is being called)."""
+async def sweep_while_customer_writes(bot: Bot, database_url: str, *messages: InboundMessage) -> dict[str, int]:
+    """One sweep pass with a slow model; the messages arrive while the reply is being written."""
+    sweep = asyncio.create_task(bot.sweep())
     while not await fetch(database_url, "select 1 from public.message_buffer where status = 'processing'"):
         await asyncio.sleep(0.01)
+    for message in messages:
+        await bot.runtime.store.ingest(message)
+    return await sweep
 
 
 async def test_a_message_during_generation_gets_one_reply_written_with_both(
@@ -28,10 +32,7 @@ async def test_a_message_during_generation_gets_one_reply_written_with_both(
     store = bot.runtime.store
     await store.ingest(msg("m1", "¿Tienen los tenis azules?"))
     await make_due(database_url)
-    sweep = asyncio.create_task(bot.sweep())
-    await generating(database_url)
-    await store.ingest(msg("m2", "en talla 27"))
-    assert await sweep == {"merged": 1}
+    assert await sweep_while_customer_writes(bot, database_url, msg("m2", "en talla 27")) == {"merged": 1}
     assert far_side.replies == [] and len(far_side.completions) == 1  # the stale draft never left
 
     (row,) = await buffers(database_url)  # one burst, waiting again for the customer to go quiet
@@ -58,10 +59,7 @@ async def test_a_customer_who_never_stops_typing_is_answered_at_max_age(
     # The burst started longer ago than BUFFER_MAX_AGE_SECONDS (60 s in these tests).
     await execute(database_url, "update public.message_buffer set first_message_at = now() - interval '61 seconds',"
                                 " due_at = now() - interval '1 second'")
-    sweep = asyncio.create_task(bot.sweep())
-    await generating(database_url)
-    await store.ingest(msg("m2", "segundo"))
-    assert await sweep == {"completed": 1}
+    assert await sweep_while_customer_writes(bot, database_url, msg("m2", "segundo")) == {"completed": 1}
     assert [r["body"]["content"] for r in far_side.replies] == ["echo: primero"]
     rows = await buffers(database_url)
     assert [(r["status"], r["message_count"], r["discarded_drafts"]) for r in rows] == [
@@ -74,10 +72,7 @@ async def test_a_merge_never_grows_a_burst_past_the_max_count(bot: Bot, far_side
     store = bot.runtime.store
     await store.ingest(msg("m1", "uno"))
     await store.ingest(msg("m2", "dos"))  # the cap: due at once
-    sweep = asyncio.create_task(bot.sweep())
-    await generating(database_url)
-    await store.ingest(msg("m3", "tres"))
-    assert await sweep == {"completed": 1}
+    assert await sweep_while_customer_writes(bot, database_url, msg("m3", "tres")) == {"completed": 1}
     assert [r["body"]["content"] for r in far_side.replies] == ["echo: uno | dos"]
 
 
@@ -88,10 +83,7 @@ async def test_with_buffering_off_each_message_is_answered_on_its_own(
     far_side.openai_latency = 0.5
     store = bot.runtime.store
     await store.ingest(msg("m1", "uno"))
-    sweep = asyncio.create_task(bot.sweep())
-    await generating(database_url)
-    await store.ingest(msg("m2", "dos"))
-    assert await sweep == {"completed": 2}
+    assert await sweep_while_customer_writes(bot, database_url, msg("m2", "dos")) == {"completed": 2}
     assert [r["body"]["content"] for r in far_side.replies] == ["echo: uno", "echo: dos"]
 
 

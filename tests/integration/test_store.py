@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 
 import pytest
@@ -355,3 +356,28 @@ async def test_transcript_edit_and_dead_letter(store: BufferStore, database_url:
     dead = await store.record_dead_letter("chatwoot", "body is not JSON", body)
     (letter,) = await fetch(database_url, "select id, body from public.webhook_dead_letters")
     assert letter["id"] == dead and bytes(letter["body"]) == body
+
+
+async def test_a_conversation_without_an_inbox_gets_it_from_its_next_message(store: BufferStore, database_url: str) -> None:
+    await store.record_signal(signal("resolved", inbox=None), 60)
+    await store.ingest(dataclasses.replace(msg("m1"), inbox_id="12"))
+    assert (await store.record_signal(signal("takeover", account=None), 60)).outcome == "paused"
+
+
+async def test_an_edit_keeps_a_transcript_of_the_same_file(store: BufferStore, database_url: str) -> None:
+    voice = {"file_type": "audio", "data_url": "https://chat.example/a.ogg"}
+    await store.ingest(InboundMessage("chatwoot", "3", "431", "v1", None, attachments=(voice,)))
+    await make_due(database_url)
+    (claimed,) = await store.claim_due_buffers(10, 30)
+    assert await store.save_transcript(claimed, "v1", 0, "hola")
+    await store.ingest(msg("m2"))  # the customer writes again: the draft is discarded, the burst waits
+    assert await store.fence_reply(claimed, 30) == "merged"
+    chatwoot_transcribed = {**voice, "transcribed_text": "Hola."}
+    assert await store.edit_waiting_message(MessageEdit("chatwoot", "3", "v1", None, (chatwoot_transcribed,))) == "updated"
+    assert await store.edit_waiting_message(MessageEdit("chatwoot", "3", "v1", None, (chatwoot_transcribed,))) == "unchanged"
+    (row,) = await fetch(database_url, "select attachments from public.buffered_messages where external_id = 'v1'")
+    assert json.loads(row["attachments"]) == [{**chatwoot_transcribed, "transcript": "hola"}]
+    other_file = {"file_type": "audio", "data_url": "https://chat.example/b.ogg"}
+    assert await store.edit_waiting_message(MessageEdit("chatwoot", "3", "v1", None, (other_file,))) == "updated"
+    (row,) = await fetch(database_url, "select attachments from public.buffered_messages where external_id = 'v1'")
+    assert json.loads(row["attachments"]) == [other_file]

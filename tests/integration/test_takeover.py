@@ -201,3 +201,17 @@ async def test_neither_private_notes_nor_bots_pause_the_bot(bot: Bot, fixture: s
     assert await bot.status_of(incoming(1, "Hola")) == "buffered"
     assert await bot.status_of(chatwoot_fixture(fixture)) == "ignored"
     assert [r["status"] for r in await buffers(database_url)] == ["active"]
+
+
+async def test_a_message_showing_the_conversation_is_open_cancels_what_waits(
+    bot: Bot, far_side: FarSide, database_url: str
+) -> None:
+    # The status event was lost (Chatwoot does not retry a timeout); the next message says it all.
+    assert await bot.status_of(incoming(1, "Hola")) == "buffered"
+    opened = incoming(2, "¿sigue ahí Carlos?")
+    opened["conversation"] = {**opened["conversation"], "status": "open"}
+    assert await bot.status_of(opened) == "held"
+    assert await answer_what_is_due(bot, database_url) == {}
+    assert far_side.replies == []
+    assert [(r["status"], r["cancel_reason"]) for r in await buffers(database_url)] == [
+        ("cancelled", "conversation status is 'open', not the bot's")] * 2

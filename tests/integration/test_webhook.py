@@ -220,3 +220,18 @@ async def test_no_personal_data_at_info(
     assert "completed" in text  # INFO logging did happen
     for secret in ("Monterrey", "María", "+5215512345678", "5215512345678", WEBHOOK_SECRET):
         assert secret not in text
+
+
+async def test_nul_characters_are_dropped_and_a_data_error_is_a_dead_letter(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    # PostgreSQL's text refuses NUL; Chatwoot would get a 500 three times, then hand off.
+    payload = incoming(1, "hola\u0000 ¿están?")
+    payload["attachments"] = [{"file_type": "location", "fallback_title": "Av.\u0000 Paulista"}]
+    assert (await post(client, payload)).json()["status"] == "buffered"
+    (message,) = await fetch(database_url, "select content, attachments from public.buffered_messages")
+    assert message["content"] == "hola ¿están?" and json.loads(message["attachments"])[0]["fallback_title"] == "Av. Paulista"
+    # An id the database cannot store: a retry would fail the same way, so it is kept, not refused.
+    response = await post(client, incoming(1, "x") | {"id": "98\u0000231"})
+    assert response.status_code == 200 and response.json()["status"] == "unreadable"
+    assert "refused its data" in response.json()["error"]

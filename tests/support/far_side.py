@@ -47,8 +47,9 @@ class FarSide:
     fail_completions: int = 0  # answer the next N completions with 500
     fail_replies: int = 0  # answer the next N reply posts with 500
     fail_handoffs: int = 0  # answer the next N toggle_status calls with 500
-    # Structured Outputs: "json" (supported), "reject" (400, like a server without them) or
-    # "ignore" (plain text, as if response_format were not there).
+    # Structured Outputs: "json" (supported), "reject" (400, like a server without them), "ignore"
+    # (plain text, as if response_format were not there) or "fenced" (not enforced, and the model
+    # writes the JSON in a Markdown code fence anyway).
     structured: str = "json"
     decisions: list[dict[str, Any]] = field(default_factory=list)  # next JSON decisions; "{echo}" in reply
     structured_refusals: int = 0  # requests refused for their response_format ("reject")
@@ -116,10 +117,12 @@ class FarSide:
             decision = self.decisions.pop(0) if self.decisions else None
         echo = self.reply_text(body["messages"])
         content = echo
-        if structured and self.structured == "json":
+        if structured and self.structured in ("json", "fenced"):
             decision = {"should_reply": True, "reply": "{echo}", "handoff": False, "handoff_reason": None,
                         **(decision or {})}
             content = json.dumps({**decision, "reply": decision["reply"].replace("{echo}", echo)})
+            if self.structured == "fenced":
+                content = f"```json\n{content}\n```"
         return JSONResponse({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"),

@@ -276,7 +276,7 @@ async def test_media_404_then_redirect_is_retried_and_followed_without_credentia
     respx.get("https://storage.example/abc").mock(
         return_value=httpx.Response(200, content=b"OggS...", headers={"content-type": "audio/ogg"}))
     async with httpx.AsyncClient() as http:
-        data, content_type = await fetch_attachment(http, url, max_bytes=1000, allowed_host="chat.example",
+        data, content_type = await fetch_attachment(http, url, max_bytes=1000, allowed_hosts=frozenset({"chat.example"}),
                                                     retry_delays=(0.01,))
     assert (data, content_type) == (b"OggS...", "audio/ogg")
     assert redirect.call_count == 2 and "api_access_token" not in redirect.calls.last.request.headers
@@ -287,10 +287,26 @@ async def test_media_refuses_foreign_hosts_oversize_and_gives_up_after_its_retri
     respx.get("https://chat.example/big").mock(return_value=httpx.Response(200, content=b"x" * 2000))
     missing = respx.get("https://chat.example/missing").mock(return_value=httpx.Response(404))
     async with httpx.AsyncClient() as http:
-        with pytest.raises(MediaUnavailable, match="not CHATWOOT_BASE_URL's host"):
-            await fetch_attachment(http, "https://169.254.169.254/latest", max_bytes=10, allowed_host="chat.example")
+        with pytest.raises(MediaUnavailable, match="not one of Chatwoot.s hosts"):
+            await fetch_attachment(http, "https://169.254.169.254/latest", max_bytes=10, allowed_hosts=frozenset({"chat.example"}))
         with pytest.raises(MediaUnavailable, match="limit"):
-            await fetch_attachment(http, "https://chat.example/big", max_bytes=1000, allowed_host="chat.example")
+            await fetch_attachment(http, "https://chat.example/big", max_bytes=1000, allowed_hosts=frozenset({"chat.example"}))
         with pytest.raises(MediaUnavailable, match="HTTP 404 after 3 attempts"):
             await fetch_attachment(http, "https://chat.example/missing", max_bytes=10, retry_delays=(0.01, 0.01))
     assert missing.call_count == 3
+
+
+@respx.mock
+async def test_media_hosts_besides_the_api_host() -> None:
+    # Chatwoot reached on an internal address; its data_urls carry the public one.
+    respx.get("https://chat.public.example/rails/active_storage/blobs/redirect/k/a.ogg").mock(
+        return_value=httpx.Response(200, content=b"OggS"))
+    async with httpx.AsyncClient() as http:
+        internal = ChatwootClient("http://chatwoot-web:3000", "tok", http)
+        with pytest.raises(MediaUnavailable, match="CHATWOOT_MEDIA_HOSTS"):
+            await internal.fetch_media("https://chat.public.example/rails/active_storage/blobs/redirect/k/a.ogg",
+                                       max_bytes=10)
+        allowed = ChatwootClient("http://chatwoot-web:3000", "tok", http, frozenset({"chat.public.example"}))
+        data, _ = await allowed.fetch_media("https://chat.public.example/rails/active_storage/blobs/redirect/k/a.ogg",
+                                            max_bytes=10)
+    assert data == b"OggS"
