@@ -7,6 +7,7 @@ it across invocations, and nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Mapping
 
@@ -45,6 +46,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     session setting is ever changed. (asyncpg still rolls back any open transaction itself.)"""
 
 
+@functools.lru_cache(maxsize=64)
 def call_sql(function: str, names: tuple[str, ...]) -> str:
     """`select * from public.fn(p_a => $1, ...)`: named arguments, as PostgREST calls them too."""
     args = ", ".join(f"{name} => ${i}" for i, name in enumerate(names, start=1))

