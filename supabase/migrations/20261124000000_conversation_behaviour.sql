@@ -124,11 +124,43 @@ begin
 end;
 $$;
 
+-- A conversation's state as ingest needs it: records where the conversation lives (its first
+-- message; or the inbox, if an earlier row lacked it), and returns why the bot is paused there,
+-- or null. The caller holds the conversation's lock.
+create function public.remember_conversation(
+    p_channel text, p_account_id text, p_conversation_id text, p_inbox_id text)
+returns text
+language plpgsql
+set search_path = ''
+as $$
+declare
+    state record;
+begin
+    select s.bot_paused_until, s.pause_reason, s.inbox_id into state
+      from public.conversation_state s
+     where s.channel = p_channel and s.account_id = p_account_id and s.conversation_id = p_conversation_id;
+    if not found then
+        insert into public.conversation_state (channel, account_id, conversation_id, inbox_id)
+        values (p_channel, p_account_id, p_conversation_id, p_inbox_id);
+        return null;
+    end if;
+    if state.inbox_id is null and p_inbox_id is not null then
+        update public.conversation_state s set inbox_id = p_inbox_id
+         where s.channel = p_channel and s.account_id = p_account_id and s.conversation_id = p_conversation_id;
+    end if;
+    return case when state.bot_paused_until > now() then state.pause_reason end;
+end;
+$$;
+
 drop function public.ingest_message(text, text, text, text, text, jsonb, timestamptz, jsonb);
 
 -- Where a message enters (the lean version of 20261123000400, plus the conversation's state): dedupe,
 -- then either hold it (the bot is paused here, or p_hold_reason says the conversation is not the
 -- bot's) or find/open the conversation's open buffer and push the due time.
+-- Whether the bot is paused is read only when a message would open a new burst: a message that
+-- joins an open burst cannot be in a paused conversation, since whatever pauses the bot (a
+-- takeover, a hand-off, a held message) cancels the open bursts in the same transaction, under
+-- this same lock. (fence_reply checks the pause again before anything is sent.)
 create function public.ingest_message(
     p_channel text, p_account_id text, p_conversation_id text, p_external_id text,
     p_content text, p_attachments jsonb, p_sent_at timestamptz, p_defaults jsonb,
@@ -146,11 +178,7 @@ declare
     fallback boolean;
     operator_settings boolean;  -- a value is set in buffer_settings
     existing_buffer bigint;
-    paused_until timestamptz;
-    paused_because text;
-    known boolean;  -- the conversation has a conversation_state row
-    has_inbox boolean;
-    hold text;
+    hold text;  -- why the message is stored but not answered
     buf_id bigint;
     buf_first_message_at timestamptz;
     buf_message_count integer;
@@ -161,12 +189,10 @@ begin
     perform pg_catalog.pg_advisory_xact_lock(
         pg_catalog.hashtextextended(p_channel || '/' || p_account_id || '/' || p_conversation_id, 0));
 
-    -- Everything ingest needs to know, in one statement (each statement of a plpgsql function
-    -- pays executor start-up; this one replaced three): is it a redelivery, the flags, whether an
-    -- operator set a timing value, and whether the bot is paused in this conversation.
-    select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings,
-           state.bot_paused_until, state.pause_reason, state.channel is not null, state.inbox_id is not null
-      into existing_buffer, buffering, fallback, operator_settings, paused_until, paused_because, known, has_inbox
+    -- A redelivery? And the flags, and whether an operator set a timing value: one statement
+    -- (each statement of a plpgsql function pays executor start-up).
+    select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings
+      into existing_buffer, buffering, fallback, operator_settings
       from (select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false)
                        as buffering,
                    not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false)
@@ -175,22 +201,12 @@ begin
                        as operator_settings
               from public.feature_flags f) flags
       left join public.buffered_messages dup
-        on dup.channel = p_channel and dup.account_id = p_account_id and dup.external_id = p_external_id
-      left join public.conversation_state state
-        on state.channel = p_channel and state.account_id = p_account_id
-       and state.conversation_id = p_conversation_id;
+        on dup.channel = p_channel and dup.account_id = p_account_id and dup.external_id = p_external_id;
     if existing_buffer is not null then
         return query select existing_buffer, false, null::integer, null::timestamptz, false, false, null::text, null::text;
         return;
     end if;
 
-    if not known then  -- a conversation's first message records where it lives
-        insert into public.conversation_state (channel, account_id, conversation_id, inbox_id)
-        values (p_channel, p_account_id, p_conversation_id, p_inbox_id);
-    elsif not has_inbox and p_inbox_id is not null then
-        update public.conversation_state s set inbox_id = p_inbox_id
-         where s.channel = p_channel and s.account_id = p_account_id and s.conversation_id = p_conversation_id;
-    end if;
     if p_hold_reason is not null then
         -- The message itself says the conversation is not the bot's now (its status event may be
         -- late, or lost): what still waits is not answered either.
@@ -198,12 +214,10 @@ begin
            set status = 'cancelled', cancel_reason = p_hold_reason, cancelled_at = now()
          where b.channel = p_channel and b.account_id = p_account_id and b.conversation_id = p_conversation_id
            and (b.status = 'active' or (b.status = 'processing' and b.lease_token is null));
-    end if;
-    hold := coalesce(p_hold_reason, case when paused_until > now() then 'bot paused: ' || paused_because end);
-    if hold is not null then
-        buf_id := public.hold_message(p_channel, p_account_id, p_conversation_id, p_external_id, 'customer',
-                                      p_content, p_attachments, p_sent_at, hold);
-        return query select buf_id, true, 1, null::timestamptz, false, false, null::text, hold;
+        perform public.remember_conversation(p_channel, p_account_id, p_conversation_id, p_inbox_id);
+        return query select public.hold_message(p_channel, p_account_id, p_conversation_id, p_external_id,
+                                                'customer', p_content, p_attachments, p_sent_at, p_hold_reason),
+                            true, 1, null::timestamptz, false, false, null::text, p_hold_reason;
         return;
     end if;
 
@@ -232,7 +246,15 @@ begin
      order by b.id desc
      limit 1
        for update;
-    if not found then  -- this message opens the conversation's next buffer
+    if not found then  -- this message would open the conversation's next buffer
+        hold := 'bot paused: ' || public.remember_conversation(p_channel, p_account_id, p_conversation_id,
+                                                               p_inbox_id);
+        if hold is not null then
+            return query select public.hold_message(p_channel, p_account_id, p_conversation_id, p_external_id,
+                                                    'customer', p_content, p_attachments, p_sent_at, hold),
+                                true, 1, null::timestamptz, false, false, null::text, hold;
+            return;
+        end if;
         buf_first_message_at := now();
         buf_message_count := 1;
     end if;
@@ -811,6 +833,7 @@ declare
     fn text;
 begin
     foreach fn in array array[
+        'public.remember_conversation(text, text, text, text)',
         'public.hold_message(text, text, text, text, text, text, jsonb, timestamptz, text)',
         'public.ingest_message(text, text, text, text, text, jsonb, timestamptz, jsonb, text, text)',
         'public.edit_waiting_message(text, text, text, text, jsonb)',

@@ -215,3 +215,18 @@ async def test_a_message_showing_the_conversation_is_open_cancels_what_waits(
     assert far_side.replies == []
     assert [(r["status"], r["cancel_reason"]) for r in await buffers(database_url)] == [
         ("cancelled", "conversation status is 'open', not the bot's")] * 2
+
+
+async def test_a_pause_set_by_hand_in_studio_still_stops_the_open_burst(
+    bot: Bot, far_side: FarSide, database_url: str
+) -> None:
+    # Nothing cancelled the open burst (no takeover event): the fence sees the pause before sending.
+    assert await bot.status_of(incoming(1, "Hola")) == "buffered"
+    await execute(database_url, "update public.conversation_state set bot_paused_until = now() + interval '1 hour',"
+                                " pause_reason = 'paused by an operator'")
+    assert await bot.status_of(incoming(2, "¿hay alguien?")) == "buffered"  # joins the open burst
+    assert await answer_what_is_due(bot, database_url) == {"cancelled": 1}
+    assert far_side.replies == []
+    (row,) = await buffers(database_url)
+    assert row["cancel_reason"] == "bot paused before the reply was sent: paused by an operator"
+    assert await bot.status_of(incoming(3, "¿hola?")) == "held"  # a new burst is not even opened
