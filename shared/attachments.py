@@ -30,10 +30,16 @@ def describe(attachment: Mapping[str, Any]) -> str | None:
     return f"[file: {_file_name(attachment) or 'unnamed'}{_type_of(attachment)}, not opened]"
 
 
-def _voice_note(attachment: Mapping[str, Any]) -> str:
+def transcript_of(attachment: Mapping[str, Any]) -> str | None:
+    """A voice note's words if it was transcribed: by us (stored), else by Chatwoot itself."""
     transcript = attachment.get("transcript")
     if transcript is None:
-        transcript = (attachment.get("transcribed_text") or "").strip() or None  # Chatwoot's own, if any
+        transcript = (attachment.get("transcribed_text") or "").strip() or None
+    return transcript
+
+
+def _voice_note(attachment: Mapping[str, Any]) -> str:
+    transcript = transcript_of(attachment)
     if transcript is not None:
         return f"[voice note, transcribed] {transcript}" if transcript.strip() else \
                f"[voice note with no words that could be made out; {ASK_TO_TYPE}]"

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Protocol, Sequence
 
-from shared.attachments import ASK_TO_TYPE
+from shared.attachments import ASK_TO_TYPE, transcript_of
 from shared.channels.chatwoot import MediaTooLarge
 from shared.models import ClaimedBuffer, PromptTurn, RuntimeConfig
 
@@ -90,7 +90,7 @@ class MediaPreparer:
 
     async def _voice_note(self, buffer: ClaimedBuffer, turn: PromptTurn, index: int,
                           attachment: dict[str, Any], config: RuntimeConfig) -> None:
-        if "transcript" in attachment or (attachment.get("transcribed_text") or "").strip():
+        if transcript_of(attachment) is not None:
             return  # transcribed already (by an earlier attempt, or by Chatwoot)
         if not config.voice_transcription:
             attachment["media_note"] = f"voice notes cannot be listened to here; {ASK_TO_TYPE}"

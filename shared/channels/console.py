@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from shared.channels.chatwoot import fetch_attachment
+from shared.channels.chatwoot import MediaUnavailable, fetch_attachment
 
 if TYPE_CHECKING:
     import httpx
@@ -38,7 +38,5 @@ class ConsoleOutbox:
 
     async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
         if self._http is None:
-            from shared.channels.chatwoot import MediaUnavailable
-
             raise MediaUnavailable("no HTTP client for media in this console")
         return await fetch_attachment(self._http, url, max_bytes=max_bytes)

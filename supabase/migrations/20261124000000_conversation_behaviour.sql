@@ -124,6 +124,32 @@ begin
 end;
 $$;
 
+-- Cancels a conversation's waiting bursts (open, or waiting to retry; never one a worker holds,
+-- which fence_reply stops) with the reason; with p_sent_before, only those whose messages were all
+-- sent before it. Returns how many. Every pause (takeover, hand-off, a held message) calls it; the
+-- caller holds the conversation's lock.
+create function public.cancel_waiting_bursts(
+    p_channel text, p_account_id text, p_conversation_id text, p_reason text,
+    p_sent_before timestamptz default null)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+    n integer;
+begin
+    update public.message_buffer b
+       set status = 'cancelled', cancel_reason = p_reason, cancelled_at = now(),
+           lease_token = null, lease_expires_at = null
+     where b.channel = p_channel and b.account_id = p_account_id and b.conversation_id = p_conversation_id
+       and (b.status = 'active' or (b.status = 'processing' and b.lease_token is null))
+       and (p_sent_before is null or not exists (
+                select 1 from public.buffered_messages m where m.buffer_id = b.id and m.sent_at > p_sent_before));
+    get diagnostics n = row_count;
+    return n;
+end;
+$$;
+
 -- A conversation's state as ingest needs it: records where the conversation lives (its first
 -- message; or the inbox, if an earlier row lacked it), and returns why the bot is paused there,
 -- or null. The caller holds the conversation's lock.
@@ -210,10 +236,7 @@ begin
     if p_hold_reason is not null then
         -- The message itself says the conversation is not the bot's now (its status event may be
         -- late, or lost): what still waits is not answered either.
-        update public.message_buffer b
-           set status = 'cancelled', cancel_reason = p_hold_reason, cancelled_at = now()
-         where b.channel = p_channel and b.account_id = p_account_id and b.conversation_id = p_conversation_id
-           and (b.status = 'active' or (b.status = 'processing' and b.lease_token is null));
+        perform public.cancel_waiting_bursts(p_channel, p_account_id, p_conversation_id, p_hold_reason);
         perform public.remember_conversation(p_channel, p_account_id, p_conversation_id, p_inbox_id);
         return query select public.hold_message(p_channel, p_account_id, p_conversation_id, p_external_id,
                                                 'customer', p_content, p_attachments, p_sent_at, p_hold_reason),
@@ -428,14 +451,8 @@ begin
                signal_at = signal_time, updated_at = now()
          where s.channel = p_channel and s.account_id = acct and s.conversation_id = p_conversation_id;
         if p_signal <> 'returned_to_bot' then
-            update public.message_buffer b
-               set status = 'cancelled', cancel_reason = p_reason, cancelled_at = now(),
-                   lease_token = null, lease_expires_at = null
-             where b.channel = p_channel and b.account_id = acct and b.conversation_id = p_conversation_id
-               and (b.status = 'active' or (b.status = 'processing' and b.lease_token is null))
-               and (p_signal = 'takeover' or not exists (
-                        select 1 from public.buffered_messages m where m.buffer_id = b.id and m.sent_at > signal_time));
-            get diagnostics n = row_count;
+            n := public.cancel_waiting_bursts(p_channel, acct, p_conversation_id, p_reason,
+                                              case when p_signal = 'resolved' then signal_time end);
         end if;
     end if;
 
@@ -504,7 +521,8 @@ begin
         return;
     end if;
 
-    select count(*) as buffers, sum(n.message_count)::integer as messages,
+    -- The customer's newer messages: the conversation's bursts opened after this one, still waiting.
+    select array_agg(n.id) as ids, sum(n.message_count)::integer as messages,
            max(n.last_message_at) as last_message_at, max(n.due_at) as due_at
       into newer
       from public.message_buffer n
@@ -513,18 +531,11 @@ begin
     select * into cfg from public.effective_settings(p_defaults);
     select coalesce(bool_or(f.is_enabled), false) into buffering
       from public.feature_flags f where f.flag_name = 'message_buffering';
-    if newer.buffers > 0 and buffering and b.reply_sent_at is null
+    if newer.ids is not null and buffering and b.reply_sent_at is null
        and b.message_count + newer.messages <= cfg.max_messages
        and b.first_message_at > now() - make_interval(secs => cfg.max_age_seconds::double precision) then
-        update public.buffered_messages m
-           set buffer_id = b.id
-          from public.message_buffer n
-         where m.buffer_id = n.id
-           and n.channel = b.channel and n.account_id = b.account_id and n.conversation_id = b.conversation_id
-           and n.id > b.id and n.status = 'active';
-        delete from public.message_buffer n
-         where n.channel = b.channel and n.account_id = b.account_id and n.conversation_id = b.conversation_id
-           and n.id > b.id and n.status = 'active';
+        update public.buffered_messages m set buffer_id = b.id where m.buffer_id = any(newer.ids);
+        delete from public.message_buffer n where n.id = any(newer.ids);
         -- Back to waiting, as one burst: the newer messages' window, capped by this burst's max age
         -- (due at once at the max count, as ingest would make it). The attempt is given back: a
         -- discarded draft is not a failure.
@@ -607,10 +618,7 @@ begin
         on conflict (channel, account_id, conversation_id) do update
            set bot_paused_until = excluded.bot_paused_until, pause_reason = excluded.pause_reason,
                signal_at = greatest(s.signal_at, excluded.signal_at), updated_at = now();
-        update public.message_buffer x
-           set status = 'cancelled', cancel_reason = 'handed off to a human', cancelled_at = now()
-         where x.channel = b.channel and x.account_id = b.account_id and x.conversation_id = b.conversation_id
-           and (x.status = 'active' or (x.status = 'processing' and x.lease_token is null));
+        perform public.cancel_waiting_bursts(b.channel, b.account_id, b.conversation_id, 'handed off to a human');
     end if;
     return query select true;
 end;
@@ -833,6 +841,7 @@ declare
     fn text;
 begin
     foreach fn in array array[
+        'public.cancel_waiting_bursts(text, text, text, text, timestamptz)',
         'public.remember_conversation(text, text, text, text)',
         'public.hold_message(text, text, text, text, text, text, jsonb, timestamptz, text)',
         'public.ingest_message(text, text, text, text, text, jsonb, timestamptz, jsonb, text, text)',
