@@ -10,8 +10,8 @@ servers; medians are reported. Each measurement gets a fresh database.
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -24,7 +24,10 @@ from shared.channels.chatwoot import sign
 
 SECRET = "bench-webhook-secret"
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "chatwoot" / "message_created_incoming_text.json"
-TARGETS = {"chatbuffer": "functions.webhook:app", "floor": "bench.floor_app:app"}
+# chatbuffer's app: the webhook Lambda's (default), or with BENCH_INGEST_APP=serve the one
+# `chatbuffer serve` builds, with the admin API, the inspector and the playground mounted.
+APPS = {"lambda": "functions.webhook:app", "serve": "bench.serve_app:app"}
+TARGETS = {"chatbuffer": APPS[os.environ.get("BENCH_INGEST_APP", "lambda")], "floor": "bench.floor_app:app"}
 
 
 def write_requests(path: Path, count: int, first_id: int, conversations: int) -> None:

@@ -95,6 +95,7 @@ class Settings:
     fallback_pickup_limit: int = 5
     sweeper_function_name: str | None = None
     sweep_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)  # unset: the admin API is off
     database_pool_size: int = 10
     retention_days: float = 30
     purge_batch_size: int = 500
@@ -161,6 +162,7 @@ class Settings:
             fallback_pickup_limit=int(_number(env, "FALLBACK_PICKUP_LIMIT", 5, whole=True)),
             sweeper_function_name=_text(env, "SWEEPER_FUNCTION_NAME"),
             sweep_token=_text(env, "SWEEP_TOKEN"),
+            admin_token=_text(env, "ADMIN_TOKEN"),
             database_pool_size=int(_number(env, "DATABASE_POOL_SIZE", 10, whole=True)),
             retention_days=_number(env, "RETENTION_DAYS", 30),
             purge_batch_size=int(_number(env, "PURGE_BATCH_SIZE", 500, whole=True)),

@@ -29,6 +29,8 @@ def start_embedded_postgres(data_dir: Path | None = None, *, database: str = "po
                 "no DATABASE_URL and the embedded PostgreSQL is not installed: "
                 "pip install -e '.[local]' (or set DATABASE_URL)"
             ) from exc
+        # pgserver narrates its start-up at INFO (a dozen lines): only its problems matter here.
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
         server = pgserver.get_server(data_dir, cleanup_mode="stop")
     log.info("embedded PostgreSQL running in %s", data_dir)
     return to_dsn(server.get_uri(database))

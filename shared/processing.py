@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Protocol
 
 from shared.db.store import BufferStore
 from shared.llm import Responder
 from shared.media import MediaPreparer
+from shared.metrics import Metrics
 from shared.models import ClaimedBuffer, Reply, RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class BufferProcessor:
     def __init__(
         self, store: BufferStore, responder: Responder, outbox: Outbox, media: MediaPreparer, *,
         history_messages: int, lease_seconds: float, max_attempts: int, retry_backoff_seconds: float,
-        pause_seconds: float,
+        pause_seconds: float, metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._responder = responder
@@ -56,6 +58,7 @@ class BufferProcessor:
         self._max_attempts = max_attempts
         self._backoff = retry_backoff_seconds
         self._pause_seconds = pause_seconds
+        self._metrics = metrics or Metrics(enabled=False)
 
     async def process(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> str:
         """Answer one claimed buffer. Returns its outcome: completed, merged (the customer wrote
@@ -83,8 +86,13 @@ class BufferProcessor:
         finally:
             if typing:
                 await self._typing(buffer, False)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        self._metrics.count("BurstsAnswered")
+        self._metrics.observe_ms("ReplyLateness", (datetime.now(timezone.utc) - buffer.due_at).total_seconds() * 1000)
         log.info("buffer %s completed (%s): %s message(s), attempt %s, %.0f ms", buffer.buffer_id, reply.outcome,
-                 buffer.message_count, buffer.attempts, (time.monotonic() - started) * 1000)
+                 buffer.message_count, buffer.attempts, elapsed_ms,
+                 extra={"buffer_id": buffer.buffer_id, "outcome": reply.outcome, "messages": buffer.message_count,
+                        "attempt": buffer.attempts, "duration_ms": round(elapsed_ms)})
         return "completed"
 
     async def _decide(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> Reply:
@@ -94,7 +102,11 @@ class BufferProcessor:
             # Downloads and transcriptions take time: hold the lease for the model call that follows.
             if not await self._store.extend_lease(buffer, self._lease_seconds):
                 raise LeaseLost(f"buffer {buffer.buffer_id}: lease lost before the model call")
-        return await self._responder.reply(turns)
+        started = time.monotonic()
+        reply = await self._responder.reply(turns)
+        self._metrics.count("ModelCalls")
+        self._metrics.observe_ms("ModelLatency", (time.monotonic() - started) * 1000)
+        return reply
 
     async def _deliver(self, buffer: ClaimedBuffer, reply: Reply) -> None:
         """Send the reply (if any), then hand off (if asked). A hand-off retried after its reply
@@ -108,6 +120,7 @@ class BufferProcessor:
                                         buffer.buffer_id)
 
     def _not_sent(self, buffer: ClaimedBuffer, verdict: str) -> str:
+        self._metrics.count({"merged": "DiscardedDrafts", "cancelled": "BurstsCancelled"}.get(verdict, "LeasesLost"))
         if verdict == "merged":
             log.info("buffer %s: the customer wrote again while the reply was being written: draft discarded, "
                      "the burst waits again with the new messages", buffer.buffer_id)
@@ -129,6 +142,7 @@ class BufferProcessor:
             log.exception("buffer %s: could not record failure (%s)", buffer.buffer_id, error)
             return "retry"
         if status == "failed":
+            self._metrics.count("BurstsFailed")
             log.error("buffer %s failed for good after %s attempts: %s", buffer.buffer_id, buffer.attempts, error)
             return "failed"
         log.warning("buffer %s attempt %s failed, will retry: %s", buffer.buffer_id, buffer.attempts, error)

@@ -17,8 +17,10 @@ from shared.config import ConfigError, Settings
 from shared.db.store import BufferStore, Connector
 
 if TYPE_CHECKING:
+    from shared.db.admin import AdminStore
     from shared.dispatch import Dispatcher
     from shared.llm import Responder
+    from shared.metrics import Metrics
     from shared.processing import BufferProcessor, Outbox
     from shared.sweep import Sweeper
 
@@ -32,9 +34,17 @@ class Runtime:
 
     @cached_property
     def store(self) -> BufferStore:
-        return BufferStore(self._connector(), self.settings.timing)
+        return BufferStore(self.connector, self.settings.timing)
 
-    def _connector(self) -> Connector:
+    @cached_property
+    def admin(self) -> AdminStore:
+        """The operator's reads and actions (admin API, CLI, playground), on the same connection."""
+        from shared.db.admin import AdminStore
+
+        return AdminStore(self.connector, self.settings.timing)
+
+    @cached_property
+    def connector(self) -> Connector:
         """Supabase's Data API when its URL and key are set, else a direct PostgreSQL connection."""
         s = self.settings
         if s.uses_supabase:
@@ -92,7 +102,7 @@ class Runtime:
         return BufferProcessor(
             self.store, self.responder, self.outbox, media, history_messages=s.history_messages,
             lease_seconds=s.lease_seconds, max_attempts=s.max_attempts, retry_backoff_seconds=s.retry_backoff_seconds,
-            pause_seconds=s.bot_pause_after_human_seconds,
+            pause_seconds=s.bot_pause_after_human_seconds, metrics=self.metrics,
         )
 
     def new_sweeper(self) -> Sweeper:
@@ -101,7 +111,15 @@ class Runtime:
         s = self.settings
         return Sweeper(self.store, self.processor, concurrency=s.sweep_concurrency,
                        lease_seconds=s.lease_seconds, max_attempts=s.max_attempts,
-                       retention_seconds=s.retention_days * 86400, purge_batch_size=s.purge_batch_size)
+                       retention_seconds=s.retention_days * 86400, purge_batch_size=s.purge_batch_size,
+                       metrics=self.metrics)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """CloudWatch metrics (EMF lines) on Lambda; counted in memory elsewhere."""
+        from shared.metrics import Metrics
+
+        return Metrics()
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
@@ -120,8 +138,8 @@ class Runtime:
         return await self.new_sweeper().run_once(prefer_ids=buffer_ids, limit=limit)
 
     async def close(self) -> None:
-        if "store" in self.__dict__:
-            await self.store.close()
+        if "connector" in self.__dict__:
+            await self.connector.close()
         if "responder" in self.__dict__:
             await self.responder.close()
         if self._http is not None:

@@ -16,19 +16,21 @@ from typing import Sequence
 
 from shared.db.errors import StoreError
 from shared.db.store import BufferStore
+from shared.metrics import Metrics
 from shared.models import ClaimedBuffer, RuntimeConfig
 from shared.processing import BufferProcessor
 
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_SECONDS = 60
+METRICS_EVERY_SECONDS = 60  # a long-running loop writes its metrics once a minute
 
 
 class Sweeper:
     def __init__(
         self, store: BufferStore, processor: BufferProcessor, *,
         concurrency: int, lease_seconds: float, max_attempts: int,
-        retention_seconds: float, purge_batch_size: int,
+        retention_seconds: float, purge_batch_size: int, metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._processor = processor
@@ -38,6 +40,8 @@ class Sweeper:
         self._retention_seconds = retention_seconds
         self._purge_batch_size = purge_batch_size
         self._next_purge = 0.0
+        self._metrics = metrics or Metrics(enabled=False)
+        self._next_metrics = time.monotonic() + METRICS_EVERY_SECONDS
         self._tasks: set[asyncio.Task[str]] = set()
         self._wake: asyncio.Event | None = None
         self._sleeping_until = float("inf")
@@ -73,6 +77,7 @@ class Sweeper:
                 break
             await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
         await self._drain()
+        self._metrics.flush(Function="sweeper")
         return self.outcomes
 
     async def run_until(self, deadline: float) -> Counter[str]:
@@ -87,10 +92,17 @@ class Sweeper:
                 except StoreError:
                     log.exception("sweep pass failed; trying again shortly")
                     pause = 1.0
+                self._flush_metrics_now_and_then()
                 await self._sleep(min(pause, deadline - time.monotonic()))
         finally:
             await self._drain()
+            self._metrics.flush(Function="sweeper")
         return self.outcomes
+
+    def _flush_metrics_now_and_then(self) -> None:
+        if time.monotonic() >= self._next_metrics:
+            self._next_metrics = time.monotonic() + METRICS_EVERY_SECONDS
+            self._metrics.flush(Function="sweeper")
 
     async def _prepare(self) -> RuntimeConfig:
         config = await self._store.runtime_config()

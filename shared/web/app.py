@@ -72,8 +72,11 @@ def _warn_if_open(settings: Settings) -> None:
                     "/webhooks/chatwoot accepts unauthenticated requests from anyone !!!")
 
 
-def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> FastAPI:
-    """The ASGI app. With run_sweeper (chatbuffer serve), a sweep loop runs inside the process."""
+def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False, admin: bool = False,
+               playground: bool = False) -> FastAPI:
+    """The ASGI app. `chatbuffer serve` adds a sweep loop inside the process, the admin API and
+    the inspector page (shared/web/admin.py), and the playground (shared/web/playground.py); the
+    webhook's Lambda has none of them, so none is on its cold-start path."""
     runtime = runtime or Runtime(Settings.from_env())
     settings = runtime.settings
     _warn_if_open(settings)
@@ -145,6 +148,21 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False) -> 
         await runtime.dispatcher.dispatch([], fallback=False)
         return _reply(202, status="sweep started")
 
+    if admin:
+        from shared.web.admin import mount_admin
+
+        async def wake_sweeper(buffer_ids: list[int]) -> None:
+            """A burst an operator made due: the local loop looks now, or a pass is dispatched."""
+            if app.state.sweeper is not None:
+                app.state.sweeper.wake()
+            else:
+                await runtime.dispatcher.dispatch(buffer_ids)
+
+        mount_admin(app, runtime, wake_sweeper)
+    if playground:
+        from shared.web.playground import mount_playground
+
+        mount_playground(app, runtime)
     return app
 
 
@@ -166,6 +184,9 @@ async def _store_event(app: FastAPI, runtime: Runtime, event: InboundMessage | C
         return _reply(200, status="duplicate", buffer_id=result.buffer_id)
     if result.held_reason:
         return _reply(200, status="held", buffer_id=result.buffer_id, reason=result.held_reason)
+    if runtime.metrics.enabled:  # on Lambda: one EMF line per stored message (it freezes after answering)
+        runtime.metrics.count("MessagesIngested")
+        runtime.metrics.flush(Function="webhook", channel=event.channel)
     await _after_ingest(app, runtime, result)
     return _reply(200, status="buffered", buffer_id=result.buffer_id, flush_now=result.flush_now)
 
