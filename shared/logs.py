@@ -1,8 +1,9 @@
 """Logging for every entry point: level from LOG_LEVEL, one line per record.
 
-On Lambda (or with LOG_FORMAT=json) each record is one JSON object, so CloudWatch Logs Insights
-can filter on its fields: time, level, logger, message, and whatever the call passed in `extra`
-(buffer_id, outcome, duration_ms, ...). Elsewhere, one readable line.
+On Lambda (or with LOG_FORMAT=json) each record is one JSON object (AWS Lambda Powertools'
+formatter), so CloudWatch Logs Insights can filter on its fields: timestamp, level, location,
+message, service, and whatever the call passed in `extra` (buffer_id, outcome, duration_ms, ...).
+Elsewhere, one readable line.
 
 What goes to INFO is ids, counts and timings only: message text, transcripts, phone numbers and
 file names never do. HTTP client libraries log every request's URL at INFO, and an attachment's
@@ -13,27 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
-
-import orjson
 
 URL_LOGGING_LIBRARIES = ("httpx", "httpx2", "httpcore", "openai")
-# Attributes every LogRecord has: anything else on a record came from `extra`.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
 
 
 def json_logs() -> bool:
@@ -47,8 +29,13 @@ def configure_logging() -> None:
     if not root.handlers:  # the Lambda runtime installs its own handler; keep it (its formatter changes below)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if json_logs():
+        # Powertools' formatter: one JSON object per record, `extra` fields included, and the
+        # Lambda request and X-Ray trace ids when there are.
+        from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+        formatter = LambdaPowertoolsFormatter(service=os.environ.get("METRICS_SERVICE", "chatbuffer"))
         for handler in root.handlers:
-            handler.setFormatter(JsonFormatter())
+            handler.setFormatter(formatter)
     root.setLevel(level)
     for name in URL_LOGGING_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING if isinstance(level, int) and level >= logging.INFO

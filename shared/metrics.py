@@ -1,31 +1,29 @@
-"""CloudWatch metrics in Embedded Metric Format (EMF): JSON lines on stdout that CloudWatch Logs
-turns into metrics, with no API call and no client library.
+"""CloudWatch metrics in Embedded Metric Format (EMF), through AWS Lambda Powertools.
 
-AWS Lambda Powertools would do the same, but importing its Metrics and Logger costs ~44 ms of cold
-start here (docs/benchmarks.md), a quarter of the webhook's whole import; a metric line is a dict
-and one `orjson.dumps`. Metrics are written on Lambda (AWS_LAMBDA_FUNCTION_NAME is set) or with
-METRICS=emf; anywhere else they are only counted in memory, where tests read them.
+EMF lines are JSON on stdout that CloudWatch Logs turns into metrics: no API call, no client.
+Powertools builds and validates them (units, the 100-values cap, the directive). Its cost on the
+webhook's cold start, measured beside the webhook's own imports, is ~7 ms, ratio 1.03
+(docs/benchmarks.md); it is imported on the first stored message, not at import time.
 
-Names (namespace `chatbuffer`, one dimension `Service`: METRICS_SERVICE, the stage's name on AWS): MessagesIngested (webhook),
-BurstsAnswered, BurstsFailed, BurstsCancelled, DiscardedDrafts, ModelCalls, ReplyLateness (ms from
-the burst's due time to its reply having left) and ModelLatency (ms per model call) (sweeper).
+Lines are written on Lambda (AWS_LAMBDA_FUNCTION_NAME is set) or with METRICS=emf; elsewhere the
+values are only collected, and flush() returns them (the tests read them there).
+
+Names (namespace `chatbuffer`, dimension `service`: METRICS_SERVICE, the stage's name on AWS):
+MessagesIngested (webhook), BurstsAnswered, BurstsFailed, BurstsCancelled, DiscardedDrafts,
+LeasesLost, ModelCalls, ReplyLateness (ms from the burst's due time to its reply having left) and
+ModelLatency (ms per model call) (sweeper).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from collections import Counter
 from typing import Any, TextIO
 
 import orjson
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 NAMESPACE = "chatbuffer"
-MILLISECONDS = "Milliseconds"
-COUNT = "Count"
-# EMF allows at most 100 values per metric in one line; more are summarised by their spread anyway.
-MAX_VALUES = 100
 
 
 def emf_enabled() -> bool:
@@ -38,41 +36,30 @@ class Metrics:
     def __init__(self, *, enabled: bool | None = None, stream: TextIO | None = None) -> None:
         self.enabled = emf_enabled() if enabled is None else enabled
         self._stream = stream
-        self.counts: Counter[str] = Counter()
-        self.values: dict[str, list[float]] = {}
+        # Ephemeral: this instance's own metric set (Powertools' Metrics shares one per process).
+        self._emf = EphemeralMetrics(namespace=NAMESPACE, service=os.environ.get("METRICS_SERVICE", "chatbuffer"))
+        self._empty = True
 
     def count(self, name: str, n: int = 1) -> None:
-        self.counts[name] += n
+        self._emf.add_metric(name=name, unit=MetricUnit.Count, value=n)
+        self._empty = False
 
     def observe_ms(self, name: str, milliseconds: float) -> None:
-        values = self.values.setdefault(name, [])
-        if len(values) < MAX_VALUES:
-            values.append(round(milliseconds, 1))
+        self._emf.add_metric(name=name, unit=MetricUnit.Milliseconds, value=round(milliseconds, 1))
+        self._empty = False
 
     def flush(self, **properties: Any) -> dict[str, Any] | None:
-        """Write what was collected (if anything) and start again; returns the record written."""
-        if not self.counts and not self.values:
+        """Write what was collected (if anything) and start again; returns the record."""
+        if self._empty:
             return None
-        record = emf_record(self.counts, self.values, properties)
-        self.counts = Counter()
-        self.values = {}
+        for key, value in properties.items():
+            self._emf.add_metadata(key=key, value=value)
+        record = self._emf.serialize_metric_set()
+        self._emf.clear_metrics()
+        self._emf.metadata_set.clear()
+        self._empty = True
         if self.enabled:
             stream = self._stream or sys.stdout
             stream.write(orjson.dumps(record).decode() + "\n")
             stream.flush()
         return record
-
-
-def emf_record(counts: Counter[str], values: dict[str, list[float]], properties: dict[str, Any]) -> dict[str, Any]:
-    definitions = [{"Name": name, "Unit": COUNT} for name in counts]
-    definitions += [{"Name": name, "Unit": MILLISECONDS} for name in values]
-    return {
-        "_aws": {
-            "Timestamp": int(time.time() * 1000),
-            "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["Service"]], "Metrics": definitions}],
-        },
-        "Service": os.environ.get("METRICS_SERVICE", "chatbuffer"),
-        **properties,
-        **counts,
-        **values,
-    }

@@ -216,4 +216,5 @@ def create_admin_app(runtime: Runtime | None = None) -> FastAPI:
             log.exception("admin: could not start a sweep pass for %s", buffer_ids)
 
     mount_admin(app, runtime, wake)
+    app.state.runtime = runtime
     return app

@@ -93,6 +93,10 @@ def test_serve_on_a_fresh_machine_uses_the_embedded_database(tmp_path: Any) -> N
         assert response.json()["status"] == "buffered"
         time.sleep(2.5)  # the window ends and the in-process sweeper answers
     output = outputs[0]
+    # The first screen: the addresses and the mode, not the embedded database's start-up chatter.
+    assert f"playground   {url}/playground" in output and f"inspector    {url}/admin#token=" in output
+    assert "embedded PostgreSQL (no DATABASE_URL)" in output and "offline placeholder" in output
+    assert not [line for line in output.splitlines() if "INFO pgserver" in line], output
     assert "using the embedded PostgreSQL" in output
     assert "OFFLINE PLACEHOLDER" in output and "replies are printed to this console" in output
     assert "NEITHER CHATWOOT_WEBHOOK_SECRET NOR CHATWOOT_WEBHOOK_TOKEN" in output

@@ -5,6 +5,7 @@ countdowns, a retry click that changes a burst's state, and a playground burst a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import time
 from typing import Any, Iterator
@@ -32,8 +33,14 @@ def server(database_url: str) -> Iterator[str]:
         yield url
 
 
+def run(coro: Any) -> Any:
+    """Run a coroutine on a private loop in another thread: Playwright's sync API owns this one's."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def sql(query: str, *args: Any) -> list[dict[str, Any]]:
-    return asyncio.run(fetch(os.environ["_BROWSER_DSN"], query, *args))
+    return run(fetch(os.environ["_BROWSER_DSN"], query, *args))
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +79,7 @@ def test_inspector_counts_down_and_retries_a_failed_burst(server: str) -> None:
     say(server, 11, "Hola")
     say(server, 11, "¿tienen talla 27?")
     failed = say(server, 12, "¿y el envío?")["buffer_id"]
-    asyncio.run(execute(os.environ["_BROWSER_DSN"],
+    run(execute(os.environ["_BROWSER_DSN"],
                         "update public.message_buffer set status = 'failed', attempts = 5, last_error ="
                         " 'HTTPStatusError: 502 Bad Gateway' where id = $1", failed))
     with browser() as chromium:

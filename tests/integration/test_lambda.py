@@ -174,3 +174,30 @@ def parse(payload: dict[str, Any]) -> Any:
     from shared.channels.chatwoot import parse_event
 
     return parse_event(json.dumps(payload).encode(), frozenset({"pending"}))
+
+
+@pytest.fixture
+def admin_lambda(lambda_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("ADMIN_TOKEN", "lambda-admin-token")
+    import functions.admin
+
+    module = importlib.reload(functions.admin)
+    loop = asyncio.get_event_loop()
+    yield module
+    loop.run_until_complete(module.app.state.runtime.close())
+
+
+def test_admin_function_serves_the_api_behind_its_token_and_the_page(admin_lambda: Any, webhook: Any) -> None:
+    body = json.dumps(incoming(5, "Hola"), ensure_ascii=False).encode()
+    assert webhook.handler(http_api_event("POST", "/webhooks/chatwoot", body, signed_headers(body)),
+                           LambdaContext(10))["statusCode"] == 200
+    stats = http_api_event("GET", "/admin/api/stats", headers={"authorization": "Bearer lambda-admin-token"})
+    response = admin_lambda.handler(stats, LambdaContext(10))
+    assert response["statusCode"] == 200 and json.loads(response["body"])["totals"]["waiting"] == 1
+    refused = admin_lambda.handler(http_api_event("GET", "/admin/api/stats"), LambdaContext(10))
+    assert refused["statusCode"] == 401
+    page = admin_lambda.handler(http_api_event("GET", "/admin"), LambdaContext(10))
+    assert page["statusCode"] == 200 and page["headers"]["content-type"].startswith("text/html")
+    script = admin_lambda.handler(http_api_event("GET", "/admin/assets/admin.js"), LambdaContext(10))
+    assert script["statusCode"] == 200 and "javascript" in script["headers"]["content-type"]
+    assert admin_lambda.handler(http_api_event("GET", "/playground"), LambdaContext(10))["statusCode"] == 404

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.logs import JsonFormatter
+from shared.logs import configure_logging
 from shared.metrics import Metrics
 from tests.conftest import incoming
 from tests.support.far_side import FarSide
@@ -23,7 +23,7 @@ def emf_lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 def metric_names(record: dict[str, Any]) -> dict[str, str]:
     (directive,) = record["_aws"]["CloudWatchMetrics"]
-    assert directive["Namespace"] == "chatbuffer" and directive["Dimensions"] == [["Service"]]
+    assert directive["Namespace"] == "chatbuffer" and directive["Dimensions"] == [["service"]]
     return {m["Name"]: m["Unit"] for m in directive["Metrics"]}
 
 
@@ -41,8 +41,8 @@ async def test_webhook_and_sweeper_write_emf_metrics(bot: Bot, emf: io.StringIO,
     assert await bot.status_of(incoming(2, "¿hay envíos?")) == "buffered"
     assert await bot.status_of(incoming(2, "¿hay envíos?")) == "duplicate"  # not counted twice
     webhook_lines = emf_lines(emf)
-    assert [line["MessagesIngested"] for line in webhook_lines] == [1, 1]
-    assert all(line["Function"] == "webhook" and line["Service"] == "chatbuffer-test" for line in webhook_lines)
+    assert [line["MessagesIngested"] for line in webhook_lines] == [[1], [1]]
+    assert all(line["Function"] == "webhook" and line["service"] == "chatbuffer-test" for line in webhook_lines)
     assert metric_names(webhook_lines[0]) == {"MessagesIngested": "Count"}
     assert "Hola" not in emf.getvalue()  # ids and counts only
 
@@ -52,8 +52,8 @@ async def test_webhook_and_sweeper_write_emf_metrics(bot: Bot, emf: io.StringIO,
     await make_due(database_url)
     assert await bot.sweep() == {"completed": 1}
     first, second = emf_lines(emf)[2:]
-    assert first["ModelCalls"] == 1 and "BurstsAnswered" not in first
-    assert second["BurstsAnswered"] == 1 and "ModelCalls" not in second  # the retry reused the draft
+    assert first["ModelCalls"] == [1] and "BurstsAnswered" not in first
+    assert second["BurstsAnswered"] == [1] and "ModelCalls" not in second  # the retry reused the draft
     assert metric_names(second)["ReplyLateness"] == "Milliseconds"
     assert len(second["ReplyLateness"]) == 1 and 0 <= second["ReplyLateness"][0] < 30_000
     assert metric_names(first)["ModelLatency"] == "Milliseconds"
@@ -69,15 +69,18 @@ async def test_failed_cancelled_and_discarded_are_counted(bot: Bot, emf: io.Stri
     counts: dict[str, int] = {}
     for line in emf_lines(emf):
         for name in ("BurstsFailed", "BurstsAnswered", "ModelCalls"):
-            counts[name] = counts.get(name, 0) + int(line.get(name, 0))
+            counts[name] = counts.get(name, 0) + int(sum(line.get(name, [])))
     assert counts == {"BurstsFailed": 1, "BurstsAnswered": 0, "ModelCalls": 1}
 
 
-def test_json_log_lines_carry_fields_and_never_the_message_text_unless_logged() -> None:
-    record = logging.LogRecord("shared.processing", logging.INFO, __file__, 1, "buffer %s completed", (7,), None)
-    record.buffer_id = 7
-    record.duration_ms = 120
-    line = json.loads(JsonFormatter().format(record))
-    assert line["level"] == "INFO" and line["logger"] == "shared.processing"
-    assert line["message"] == "buffer 7 completed" and line["buffer_id"] == 7 and line["duration_ms"] == 120
-    assert line["time"].endswith("+00:00")
+def test_json_log_lines_carry_the_fields_passed_in_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream)
+    monkeypatch.setattr(root, "handlers", [handler])
+    configure_logging()
+    logging.getLogger("shared.processing").info("buffer %s completed", 7, extra={"buffer_id": 7, "duration_ms": 120})
+    line = json.loads(stream.getvalue())
+    assert line["level"] == "INFO" and line["message"] == "buffer 7 completed"
+    assert line["buffer_id"] == 7 and line["duration_ms"] == 120 and line["timestamp"]

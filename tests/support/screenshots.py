@@ -84,34 +84,54 @@ def stage(url: str, dsn: str) -> None:
     del answered
 
 
+def answer_newest_waiting_burst(url: str) -> None:
+    """The playground's burst, answered now through the admin API (the window is long on purpose)."""
+    auth = {"authorization": f"Bearer {TOKEN}", "x-admin-actor": "screenshots"}
+    (newest,) = httpx.get(f"{url}/admin/api/bursts", params={"state": "active", "limit": 1}, headers=auth).json()["bursts"]
+    path = f"{url}/admin/api/conversations/{newest['channel']}/{newest['account_id']}/{newest['conversation_id']}"
+    httpx.post(f"{path}/answer-now", headers=auth).raise_for_status()
+
+
+def photograph(url: str, chromium: object, label: str, viewport: dict[str, int]) -> None:
+    page = Page(chromium, viewport)
+    page.goto(f"{url}/admin#token={TOKEN}")
+    page.locator("[data-burst-id]").first.wait_for(timeout=10_000)
+    page.wait_for_timeout(1200)
+    page.screenshot(path=str(OUT / f"admin-{label}.png"), full_page=label == "desktop")
+    assert not page.problems, page.problems
+
+    page = Page(chromium, viewport)
+    page.goto(f"{url}/playground")
+    page.evaluate("localStorage.clear()")
+    page.goto(f"{url}/playground")
+    composer = page.locator("#composer")
+    for text in ("Hola!", "¿tienen estos tenis en azul?", "en talla 27"):
+        composer.fill(text)
+        composer.press("Enter")
+    page.locator("#burst-status .countdown").wait_for(timeout=5_000)
+    page.wait_for_timeout(600)
+    answer_newest_waiting_burst(url)
+    page.locator(".bubble[data-author='bot']").first.wait_for(timeout=15_000)
+    for text in ("perfecto", "¿y cuánto tarda el envío a Monterrey?"):
+        composer.fill(text)
+        composer.press("Enter")
+    page.locator("#burst-status .countdown").wait_for(timeout=5_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(OUT / f"playground-{label}.png"))
+    assert not page.problems, page.problems
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     dsn = scratch_database()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "CHATWOOT", "SUPABASE"))}
     env |= {"DATABASE_URL": dsn, "ADMIN_TOKEN": TOKEN, "BUFFER_WINDOW_SECONDS": "45",
             "BUFFER_MAX_AGE_SECONDS": "240", "SWEEP_INTERVAL_SECONDS": "1"}
-    with chatbuffer_serve(env, output=[]) as url, browser() as chromium:
+    with chatbuffer_serve(env, output=[]) as url:
         stage(url, dsn)
-        for label, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
-            page = Page(chromium, viewport)
-            page.goto(f"{url}/admin#token={TOKEN}")
-            page.locator("[data-burst-id]").first.wait_for(timeout=10_000)
-            page.wait_for_timeout(1200)
-            page.screenshot(path=str(OUT / f"admin-{label}.png"), full_page=label == "desktop")
-            assert not page.problems, page.problems
-
-            page = Page(chromium, viewport)
-            page.goto(f"{url}/playground")
-            page.evaluate("localStorage.clear()")
-            page.goto(f"{url}/playground")
-            composer = page.locator("#composer")
-            for text in ("Hola", "¿tienen estos tenis en azul?", "talla 27"):
-                composer.fill(text)
-                composer.press("Enter")
-            page.locator("#burst-status .countdown").wait_for(timeout=5_000)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(OUT / f"playground-{label}.png"))
-            assert not page.problems, page.problems
+        with browser() as chromium:  # Playwright's sync API owns the thread's event loop from here
+            for label, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+                photograph(url, chromium, label, viewport)
     print("\n".join(str(p.relative_to(ROOT)) for p in sorted(OUT.glob("*-*.png"))))
 
 
