@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from shared.config import ConfigError, Settings
+from shared.db.errors import StoreError
 from shared.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -170,8 +171,8 @@ def format_status(stats: dict[str, Any], failed: list[dict[str, Any]]) -> str:
     """The stats as a small table per channel, then the failed bursts with their errors."""
     columns = [("waiting", "waiting"), ("due_now", "due now"), ("processing", "processing"),
                ("retrying", "retrying"), ("failed", "failed"), ("failed_24h", "failed 24h"),
-               ("completed", "answered 24h"), ("cancelled", "cancelled 24h"), ("model_calls", "model calls 24h"),
-               ("discarded_drafts", "discarded drafts 24h")]
+               ("completed", "answered 1h"), ("cancelled", "cancelled 1h"), ("model_calls", "model calls 1h"),
+               ("discarded_drafts", "discarded drafts 1h")]
     rows = [("all channels", stats.get("totals") or {})] + [(c["channel"], c) for c in stats.get("channels", [])]
     width = max(len(name) for name, _ in rows) + 2
     lines = [" " * width + "  ".join(f"{title:>{max(len(title), 4)}}" for _, title in columns)]
@@ -227,6 +228,12 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return _with_admin(work)
 
 
+def _positive(value: str) -> int:
+    if not value.isdecimal() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     parser = argparse.ArgumentParser(prog="chatbuffer", description=__doc__.splitlines()[0])
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--once", action="store_true", help="one pass, then exit (for cron)")
     sweep.set_defaults(run=cmd_sweep)
     status = commands.add_parser("status", help="the stats, and the failed bursts with their errors")
-    status.add_argument("--failed", type=int, default=20, help="how many failed bursts to list (default 20)")
+    status.add_argument("--failed", type=_positive, default=20, help="how many failed bursts to list (default 20)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=cmd_status)
     retry = commands.add_parser("retry", help="retry a failed burst (recorded in admin_actions)")
@@ -258,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

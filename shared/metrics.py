@@ -16,14 +16,19 @@ ModelLatency (ms per model call) (sweeper).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections import Counter
 from typing import Any, TextIO
 
 import orjson
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 NAMESPACE = "chatbuffer"
+MAX_VALUES = 99  # per metric and line: at its hundredth value Powertools prints a line on its own
+
+log = logging.getLogger(__name__)
 
 
 def emf_enabled() -> bool:
@@ -31,35 +36,49 @@ def emf_enabled() -> bool:
 
 
 class Metrics:
-    """Counts and timings collected during an invocation, written as one EMF line by flush()."""
+    """Counts and timings collected during an invocation, written as one EMF line by flush().
+
+    Values are kept here and handed to Powertools only at flush: counts summed into one value each,
+    timings capped at MAX_VALUES per metric (EMF allows 100; Powertools would otherwise print a line of
+    its own at the hundredth value, whether or not this instance writes any)."""
 
     def __init__(self, *, enabled: bool | None = None, stream: TextIO | None = None) -> None:
         self.enabled = emf_enabled() if enabled is None else enabled
         self._stream = stream
-        # Ephemeral: this instance's own metric set (Powertools' Metrics shares one per process).
-        self._emf = EphemeralMetrics(namespace=NAMESPACE, service=os.environ.get("METRICS_SERVICE", "chatbuffer"))
-        self._empty = True
+        self._counts: Counter[str] = Counter()
+        self._timings: dict[str, list[float]] = {}
 
     def count(self, name: str, n: int = 1) -> None:
-        self._emf.add_metric(name=name, unit=MetricUnit.Count, value=n)
-        self._empty = False
+        self._counts[name] += n
 
     def observe_ms(self, name: str, milliseconds: float) -> None:
-        self._emf.add_metric(name=name, unit=MetricUnit.Milliseconds, value=round(milliseconds, 1))
-        self._empty = False
+        values = self._timings.setdefault(name, [])
+        if len(values) < MAX_VALUES:
+            values.append(round(milliseconds, 1))
 
     def flush(self, **properties: Any) -> dict[str, Any] | None:
-        """Write what was collected (if anything) and start again; returns the record."""
-        if self._empty:
+        """Write what was collected (if anything) and start again; returns the record. Never raises:
+        a metric must not stop a sweep."""
+        if not self._counts and not self._timings:
             return None
-        for key, value in properties.items():
-            self._emf.add_metadata(key=key, value=value)
-        record = self._emf.serialize_metric_set()
-        self._emf.clear_metrics()
-        self._emf.metadata_set.clear()
-        self._empty = True
-        if self.enabled:
-            stream = self._stream or sys.stdout
-            stream.write(orjson.dumps(record).decode() + "\n")
-            stream.flush()
-        return record
+        counts, timings = self._counts, self._timings
+        self._counts, self._timings = Counter(), {}
+        try:
+            # Ephemeral: a metric set of its own (Powertools' Metrics shares one per process).
+            emf = EphemeralMetrics(namespace=NAMESPACE, service=os.environ.get("METRICS_SERVICE", "chatbuffer"))
+            for name, total in counts.items():
+                emf.add_metric(name=name, unit=MetricUnit.Count, value=total)
+            for name, values in timings.items():
+                for value in values:
+                    emf.add_metric(name=name, unit=MetricUnit.Milliseconds, value=value)
+            for key, value in properties.items():
+                emf.add_metadata(key=key, value=value)
+            record = emf.serialize_metric_set()
+            if self.enabled:
+                stream = self._stream or sys.stdout
+                stream.write(orjson.dumps(record).decode() + "\n")
+                stream.flush()
+            return record
+        except Exception:
+            log.warning("metrics could not be written", exc_info=True)
+            return None

@@ -68,10 +68,13 @@ class BufferProcessor:
         if typing:
             await self._typing(buffer, True)
         reply = buffer.draft
+        uncounted_call = False  # a model call of this attempt that no SQL function has counted yet
         try:
             if reply is None:
                 reply = await self._decide(buffer, config)
-            verdict = await self._store.fence_reply(buffer, self._lease_seconds)
+                uncounted_call = True
+            verdict = await self._store.fence_reply(buffer, self._lease_seconds, model_called=uncounted_call)
+            uncounted_call = False
             if verdict != "send":
                 return self._not_sent(buffer, verdict)
             await self._deliver(buffer, reply)
@@ -82,7 +85,7 @@ class BufferProcessor:
             log.warning("%s", exc)
             return "lease_lost"
         except Exception as exc:  # any failure of media, the model, the channel or the store: retry later
-            return await self._fail(buffer, exc, reply)
+            return await self._fail(buffer, exc, reply, model_called=uncounted_call)
         finally:
             if typing:
                 await self._typing(buffer, False)
@@ -131,11 +134,12 @@ class BufferProcessor:
             log.warning("buffer %s: lease lost before sending", buffer.buffer_id)
         return verdict
 
-    async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: Reply | None) -> str:
+    async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: Reply | None, *, model_called: bool) -> str:
         error = f"{type(exc).__name__}: {exc}"
         try:
             status = await self._store.fail_buffer(
-                buffer, error, max_attempts=self._max_attempts, backoff_seconds=self._backoff, reply_draft=reply
+                buffer, error, max_attempts=self._max_attempts, backoff_seconds=self._backoff, reply_draft=reply,
+                model_called=model_called,
             )
         except Exception:
             # The lease will expire and reclaim_expired_leases will hand the buffer out again.

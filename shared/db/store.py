@@ -125,13 +125,14 @@ class BufferStore:
         )
         return bool(_single(rows, "saved"))
 
-    async def fence_reply(self, buffer: ClaimedBuffer, lease_seconds: float) -> str:
+    async def fence_reply(self, buffer: ClaimedBuffer, lease_seconds: float, *, model_called: bool = False) -> str:
         """Right before sending: send, lease_lost, cancelled (the bot was paused) or merged (the
-        customer wrote again: the draft is discarded and the burst waits again)."""
+        customer wrote again: the draft is discarded and the burst waits again). `model_called`:
+        this attempt's decision came from a model call (counted in model_calls)."""
         rows = await self._connector.call(
             "fence_reply",
             {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token,
-             "p_lease_seconds": lease_seconds, "p_defaults": self._defaults},
+             "p_lease_seconds": lease_seconds, "p_defaults": self._defaults, "p_model_called": model_called},
         )
         return str(_single(rows, "verdict"))
 
@@ -162,10 +163,11 @@ class BufferStore:
 
     async def fail_buffer(
         self, buffer: ClaimedBuffer, error: str, *, max_attempts: int, backoff_seconds: float,
-        reply_draft: str | Reply | None = None,
+        reply_draft: str | Reply | None = None, model_called: bool = False,
     ) -> str | None:
         """Record a failed attempt; returns the new status ('processing' = will retry, 'failed').
-        A decision already taken is kept for the retry."""
+        A decision already taken is kept for the retry; `model_called`: a model call of this
+        attempt the fence did not count yet."""
         draft = Reply(reply_draft) if isinstance(reply_draft, str) else reply_draft
         rows = await self._connector.call(
             "fail_buffer",
@@ -177,6 +179,7 @@ class BufferStore:
                 "p_backoff_seconds": backoff_seconds,
                 "p_reply_draft": draft.text if draft else None,
                 "p_handoff_reason": draft.handoff_reason if draft else None,
+                "p_model_called": model_called,
             },
         )
         return rows[0]["status"] if rows else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 from pathlib import Path
+from urllib.parse import unquote
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -51,14 +52,15 @@ def _authorize(runtime: Runtime, request: Request) -> str:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
         raise AdminError(401, "missing or wrong bearer token")
-    actor = request.headers.get("x-admin-actor", "").strip()[:80]
+    # The page sends the name percent-encoded (header values are Latin-1 only).
+    actor = unquote(request.headers.get("x-admin-actor", "")).strip()[:80]
     return actor or "admin"
 
 
 def _int(value: str | None, name: str, *, default: int | None = None, low: int = 1, high: int | None = None) -> int | None:
     if value in (None, ""):
         return default
-    if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+    if not (value.isascii() and value.isdecimal()) or int(value) < low or (high is not None and int(value) > high):
         raise AdminError(400, f"{name} must be a whole number from {low}" + (f" to {high}" if high else ""))
     return int(value)
 
@@ -105,6 +107,12 @@ def admin_router(runtime: Runtime, wake_sweeper: Callable[[list[int]], Awaitable
     admin = runtime.admin
     router = APIRouter()
 
+    async def wake(buffer_ids: list[int]) -> None:
+        try:
+            await wake_sweeper(buffer_ids)
+        except Exception:  # the action is done and the burst due: a sweeper's next pass answers it
+            log.exception("admin: could not start a sweep pass for %s", buffer_ids)
+
     def route(path: str, method: str, handle: Callable[[Request, str], Awaitable[Any]]) -> None:
         router.add_api_route(path, _guarded(runtime, handle), methods=[method], include_in_schema=False)
 
@@ -136,7 +144,7 @@ def admin_router(runtime: Runtime, wake_sweeper: Callable[[list[int]], Awaitable
             raise AdminError(404, "no such burst")
         if result["outcome"] == "retried":
             log.info("admin: %s retried burst %s", actor, result["buffer_id"])
-            await wake_sweeper([int(result["buffer_id"])])
+            await wake([int(result["buffer_id"])])
         return result
 
     async def conversation(request: Request, actor: str) -> Any:
@@ -145,7 +153,7 @@ def admin_router(runtime: Runtime, wake_sweeper: Callable[[list[int]], Awaitable
     async def answer_now(request: Request, actor: str) -> Any:
         result = await admin.answer_now(*_conversation(request), actor, "api")
         if result["buffer_id"] is not None:
-            await wake_sweeper([int(result["buffer_id"])])
+            await wake([int(result["buffer_id"])])
         return result
 
     async def cancel(request: Request, actor: str) -> Any:
@@ -210,10 +218,7 @@ def create_admin_app(runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="chatbuffer admin", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def wake(buffer_ids: list[int]) -> None:
-        try:
-            await runtime.dispatcher.dispatch(buffer_ids)
-        except Exception:  # the burst is due: the scheduled sweeper answers it at its next pass
-            log.exception("admin: could not start a sweep pass for %s", buffer_ids)
+        await runtime.dispatcher.dispatch(buffer_ids)
 
     mount_admin(app, runtime, wake)
     app.state.runtime = runtime

@@ -11,6 +11,7 @@ reply) from the database.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -21,11 +22,16 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from shared.channels import chatwoot
+from shared.db.errors import StoreError
 from shared.runtime import Runtime
 from shared.web.admin import json_response, static_page
 
-ACCOUNT_ID = "1"  # the playground's make-believe Chatwoot account
-INBOX_ID = 1
+# Its own make-believe account, so the page can never read a real Chatwoot account's conversations
+# when serve runs against a real database.
+log = logging.getLogger(__name__)
+
+ACCOUNT_ID = "playground"
+INBOX_ID = 0
 MAX_TEXT = 4000
 _message_ids = itertools.count(int(time.time() * 1000))  # unique across restarts of a local server
 
@@ -43,7 +49,7 @@ def chatwoot_message(conversation_id: int, text: str) -> dict[str, Any]:
         "created_at": now.isoformat(),
         "attachments": [],
         "content_attributes": {},
-        "account": {"id": int(ACCOUNT_ID), "name": "Playground"},
+        "account": {"id": ACCOUNT_ID, "name": "Playground"},
         "inbox": {"id": INBOX_ID, "name": "Playground"},
         "sender": {"id": 1, "name": "Playground customer", "type": "contact"},
         "conversation": {"id": conversation_id, "inbox_id": INBOX_ID, "status": "pending",
@@ -69,6 +75,10 @@ def mount_playground(app: FastAPI, runtime: Runtime) -> None:
     webhook = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://playground")
 
     async def send(request: Request) -> Response:
+        # JSON only: a browser cannot send that to this port from another site without a CORS
+        # preflight, which nothing here answers; a cross-site form post is refused here.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return json_response(415, {"error": "send application/json"})
         try:
             body = orjson.loads(await request.body())
             conversation_id = int(body["conversation_id"])
@@ -86,7 +96,11 @@ def mount_playground(app: FastAPI, runtime: Runtime) -> None:
         conversation_id = request.path_params["conversation_id"]
         if not conversation_id.isdigit():
             return json_response(400, {"error": "conversation id must be a number"})
-        view = await runtime.admin.conversation(chatwoot.CHANNEL, ACCOUNT_ID, conversation_id)
+        try:
+            view = await runtime.admin.conversation(chatwoot.CHANNEL, ACCOUNT_ID, conversation_id)
+        except StoreError as exc:
+            log.error("playground: %s", exc)
+            return json_response(503, {"error": "the database is unreachable; try again"})
         return json_response(200, {**view, "model": "placeholder" if not runtime.settings.openai_api_key
                                    else runtime.settings.openai_model})
 

@@ -49,12 +49,28 @@ create index admin_actions_conversation_idx on public.admin_actions (channel, ac
 -- Bursts that need an operator: failed, newest first (the inspector's and the CLI's list).
 create index message_buffer_failed_idx on public.message_buffer (id) where status = 'failed';
 
--- --- the two pipeline functions that now also count ---------------------------------------------
+-- --- the pipeline functions that now also count ------------------------------------------------
 
--- As in 20261124000000, and: a decision reaching the fence with no draft stored was written by the
--- model in this attempt, so the burst's model_calls counts it (merged drafts included).
-create or replace function public.fence_reply(
-    p_buffer_id bigint, p_lease_token uuid, p_lease_seconds numeric, p_defaults jsonb)
+drop function public.fence_reply(bigint, uuid, numeric, jsonb);
+
+-- The fence right before a reply is sent, atomic with ingest (same lock), as in 20261124000000, and
+-- it counts the model call that wrote the draft (p_model_called: this attempt called the model,
+-- rather than reusing a draft an earlier attempt kept) in message_buffer.model_calls, whatever the
+-- verdict. Verdicts:
+--   lease_lost  another worker owns the burst now: send nothing;
+--   cancelled   the bot was paused meanwhile (a human took over): the burst is cancelled;
+--   merged      the customer wrote again while the reply was being written (or since the burst
+--               closed): the draft is discarded (counted), the newer messages join this burst, and
+--               it waits again for the quiet window;
+--   send        none of the above: the lease is extended, send now.
+-- The draft is sent although newer messages wait (they become the next burst) when the burst's first
+-- message is older than the max age, so a customer who never stops typing is still answered; when
+-- the merged burst would pass the max count, a cap that means "answer now"; with
+-- message_buffering off, which means "answer each message on its own"; and when the reply already
+-- left (a hand-off being retried): only the hand-off remains to do.
+create function public.fence_reply(
+    p_buffer_id bigint, p_lease_token uuid, p_lease_seconds numeric, p_defaults jsonb,
+    p_model_called boolean default false)
 returns table (verdict text)
 language plpgsql
 set search_path = ''
@@ -65,7 +81,7 @@ declare
     buffering boolean;
     paused_because text;
     newer record;
-    fresh_call integer;
+    calls integer := case when p_model_called then 1 else 0 end;
 begin
     select * into b from public.message_buffer x where x.id = p_buffer_id;
     if not found then
@@ -78,10 +94,11 @@ begin
      where x.id = p_buffer_id and x.lease_token = p_lease_token and x.status = 'processing'
        for update;
     if not found then
+        -- Not ours any more, but the call was paid for: it still counts.
+        update public.message_buffer x set model_calls = x.model_calls + calls where x.id = p_buffer_id and calls > 0;
         return query select 'lease_lost';
         return;
     end if;
-    fresh_call := case when b.reply_content is null and b.handoff_reason is null then 1 else 0 end;
 
     select s.pause_reason into paused_because
       from public.conversation_state s
@@ -91,12 +108,13 @@ begin
         update public.message_buffer x
            set status = 'cancelled', cancel_reason = 'bot paused before the reply was sent: ' || paused_because,
                cancelled_at = now(), lease_token = null, lease_expires_at = null,
-               model_calls = x.model_calls + fresh_call
+               model_calls = x.model_calls + calls
          where x.id = b.id;
         return query select 'cancelled';
         return;
     end if;
 
+    -- The customer's newer messages: the conversation's bursts opened after this one, still waiting.
     select array_agg(n.id) as ids, sum(n.message_count)::integer as messages,
            max(n.last_message_at) as last_message_at, max(n.due_at) as due_at
       into newer
@@ -111,6 +129,9 @@ begin
        and b.first_message_at > now() - make_interval(secs => cfg.max_age_seconds::double precision) then
         update public.buffered_messages m set buffer_id = b.id where m.buffer_id = any(newer.ids);
         delete from public.message_buffer n where n.id = any(newer.ids);
+        -- Back to waiting, as one burst: the newer messages' window, capped by this burst's max age
+        -- (due at once at the max count, as ingest would make it). The attempt is given back: a
+        -- discarded draft is not a failure.
         update public.message_buffer x
            set status = 'active', message_count = x.message_count + newer.messages,
                last_message_at = newer.last_message_at,
@@ -118,7 +139,7 @@ begin
                              else least(newer.due_at, x.first_message_at
                                         + make_interval(secs => cfg.max_age_seconds::double precision)) end,
                attempts = greatest(x.attempts - 1, 0), discarded_drafts = x.discarded_drafts + 1,
-               model_calls = x.model_calls + fresh_call,
+               model_calls = x.model_calls + calls,
                reply_content = null, handoff_reason = null, lease_token = null, lease_expires_at = null
          where x.id = b.id;
         return query select 'merged';
@@ -127,16 +148,20 @@ begin
 
     update public.message_buffer x
        set lease_expires_at = now() + make_interval(secs => p_lease_seconds::double precision),
-           model_calls = x.model_calls + fresh_call
+           model_calls = x.model_calls + calls
      where x.id = b.id;
     return query select 'send';
 end;
 $$;
 
--- As in 20261124000000, and every failed attempt's error is kept in attempt_errors.
-create or replace function public.fail_buffer(
+drop function public.fail_buffer(bigint, uuid, text, integer, numeric, text, text);
+
+-- As in 20261124000000, and every failed attempt's error is kept in attempt_errors, and a model
+-- call not yet counted by the fence (the attempt failed between the model and the fence) counts.
+create function public.fail_buffer(
     p_buffer_id bigint, p_lease_token uuid, p_error text, p_max_attempts integer,
-    p_backoff_seconds numeric, p_reply_draft text default null, p_handoff_reason text default null)
+    p_backoff_seconds numeric, p_reply_draft text default null, p_handoff_reason text default null,
+    p_model_called boolean default false)
 returns table (status text, due_at timestamptz)
 language sql
 set search_path = ''
@@ -148,6 +173,7 @@ as $$
            last_error = left(p_error, 2000),
            attempt_errors = b.attempt_errors || jsonb_build_object(
                                'attempt', b.attempts, 'at', now(), 'error', left(p_error, 2000)),
+           model_calls = b.model_calls + case when p_model_called then 1 else 0 end,
            reply_content = coalesce(p_reply_draft, b.reply_content),
            handoff_reason = coalesce(p_handoff_reason, b.handoff_reason),
            lease_token = null, lease_expires_at = null
@@ -198,19 +224,27 @@ as $$
 $$;
 
 -- The numbers at the top of the inspector and of `chatbuffer status`, per channel and in total.
--- Unfinished and failed bursts are counted over all rows (the partial indexes keep that small);
--- finished work over the last p_window_seconds (default 24 h); lateness over the last hour:
--- completed_at - due_at of replied bursts, the time from the end of the quiet window (or the last
--- retry's due time) to the reply having left.
-create function public.admin_stats(p_defaults jsonb, p_window_seconds numeric default 86400)
+-- Unfinished and failed bursts are counted over all rows (the partial indexes keep that small),
+-- failed_24h by when they started; answered and cancelled work, model calls, discarded drafts and
+-- messages over the bursts started in the last p_window_seconds (default one hour: the inspector
+-- polls this, and a day of a busy deployment is a million rows, 1.5 s to read; bench/claim.py);
+-- lateness over the replies of the last hour: completed_at - due_at, the time from the end of the
+-- quiet window (or the last retry's due time) to the reply having left.
+create function public.admin_stats(p_defaults jsonb, p_window_seconds numeric default 3600)
 returns table (stats jsonb)
 language sql stable
 set search_path = ''
 as $$
+    -- Three disjoint parts, each read through its own partial index, so the cost follows the
+    -- window's traffic and what is unfinished or failed, never the whole retained history.
     with recent as (
         select b.* from public.message_buffer b
-         where b.created_at > now() - make_interval(secs => p_window_seconds::double precision)
-            or b.status in ('active', 'processing', 'failed')
+         where b.status in ('completed', 'cancelled')
+           and b.created_at > now() - make_interval(secs => p_window_seconds::double precision)
+        union all
+        select b.* from public.message_buffer b where b.status = 'failed'
+        union all
+        select b.* from public.message_buffer b where b.status in ('active', 'processing')
     ),
     per_channel as (
         select r.channel,
@@ -400,8 +434,14 @@ $$;
 
 -- Retry a failed burst: it waits for a sweeper again, due now, with a fresh attempt budget (its
 -- errors so far stay in attempt_errors). A decision already taken is kept, so a burst that failed
--- to send is sent without another model call. Outcomes: retried, not_failed (it is not failed:
--- already retried, or never failed), unknown.
+-- to send is sent without another model call; if the customer wrote meanwhile, the fence merges
+-- the new messages first, as for any draft. Outcomes:
+--   retried     done;
+--   superseded  a newer burst of the conversation was answered, or is being answered: its reply
+--               already had these messages in its history, and a late second answer would be
+--               stale (and would run beside the newer one);
+--   bot_paused  the bot is paused here: the fence would only cancel it (resume first);
+--   not_failed  it is not failed (already retried, or never failed); unknown: no such burst.
 create function public.admin_retry_burst(p_buffer_id bigint, p_actor text, p_via text default 'api')
 returns table (outcome text, buffer_id bigint, status text)
 language plpgsql
@@ -419,15 +459,25 @@ begin
     end if;
     perform pg_catalog.pg_advisory_xact_lock(
         pg_catalog.hashtextextended(b.channel || '/' || b.account_id || '/' || b.conversation_id, 0));
-    update public.message_buffer x
-       set status = 'processing', due_at = now(), attempts = 0, lease_token = null, lease_expires_at = null,
-           attempt_errors = x.attempt_errors || jsonb_build_object(
-                               'attempt', x.attempts, 'at', now(), 'error', 'retried by ' || coalesce(p_actor, 'unknown'))
-     where x.id = p_buffer_id and x.status = 'failed'
-    returning * into b;
-    result := case when found then 'retried' else 'not_failed' end;
-    if result = 'not_failed' then
-        select * into b from public.message_buffer x where x.id = p_buffer_id;
+    select * into b from public.message_buffer x where x.id = p_buffer_id for update;
+    result := case
+        when b.status <> 'failed' then 'not_failed'
+        when exists (select 1 from public.message_buffer n
+                      where n.channel = b.channel and n.account_id = b.account_id
+                        and n.conversation_id = b.conversation_id and n.id > b.id
+                        and (n.status = 'completed' or (n.status = 'processing' and n.lease_token is not null)))
+            then 'superseded'
+        when exists (select 1 from public.conversation_state s
+                      where s.channel = b.channel and s.account_id = b.account_id
+                        and s.conversation_id = b.conversation_id and s.bot_paused_until > now())
+            then 'bot_paused'
+        else 'retried'
+    end;
+    if result = 'retried' then
+        update public.message_buffer x
+           set status = 'processing', due_at = now(), attempts = 0, lease_token = null, lease_expires_at = null
+         where x.id = p_buffer_id
+        returning * into b;
     end if;
     perform public.record_admin_action(p_actor, p_via, 'retry', b.id, b.channel, b.account_id, b.conversation_id,
                                        result, b.last_error);
@@ -435,8 +485,9 @@ begin
 end;
 $$;
 
--- Answer a conversation's waiting burst now (the CLI's `flush`): its due time becomes now, and the
--- next sweep pass claims it. Outcomes: answering (with the burst), nothing_waiting.
+-- Answer a conversation's waiting bursts now (the CLI's `flush`): the open one and one waiting to
+-- retry become due now, and the next sweep pass claims them, oldest first. Outcomes: answering
+-- (with the oldest such burst), nothing_waiting.
 create function public.admin_answer_now(
     p_channel text, p_account_id text, p_conversation_id text, p_actor text, p_via text default 'api')
 returns table (outcome text, buffer_id bigint)
@@ -450,13 +501,14 @@ declare
 begin
     perform pg_catalog.pg_advisory_xact_lock(
         pg_catalog.hashtextextended(p_channel || '/' || p_account_id || '/' || p_conversation_id, 0));
-    update public.message_buffer b
-       set due_at = least(b.due_at, now())
-     where b.id = (select w.id from public.message_buffer w
-                    where w.channel = p_channel and w.account_id = p_account_id
-                      and w.conversation_id = p_conversation_id and w.status = 'active'
-                    order by w.id desc limit 1)
-    returning b.id into buf_id;
+    with due as (
+        update public.message_buffer b
+           set due_at = least(b.due_at, now())
+         where b.channel = p_channel and b.account_id = p_account_id and b.conversation_id = p_conversation_id
+           and (b.status = 'active' or (b.status = 'processing' and b.lease_token is null))
+        returning b.id
+    )
+    select min(due.id) into buf_id from due;
     result := case when buf_id is null then 'nothing_waiting' else 'answering' end;
     perform public.record_admin_action(p_actor, p_via, 'answer_now', buf_id, p_channel, p_account_id,
                                        p_conversation_id, result, null);
@@ -560,8 +612,8 @@ declare
     fn text;
 begin
     foreach fn in array array[
-        'public.fence_reply(bigint, uuid, numeric, jsonb)',
-        'public.fail_buffer(bigint, uuid, text, integer, numeric, text, text)',
+        'public.fence_reply(bigint, uuid, numeric, jsonb, boolean)',
+        'public.fail_buffer(bigint, uuid, text, integer, numeric, text, text, boolean)',
         'public.reclaim_expired_leases(integer)',
         'public.admin_burst_json(public.message_buffer, numeric)',
         'public.admin_stats(jsonb, numeric)',

@@ -273,6 +273,58 @@ async def test_a_pause_stops_a_reply_being_written(admin: Admin, customer: Bot, 
     assert far_side.public_replies() == []
 
 
+async def test_a_failed_burst_already_covered_by_a_newer_reply_is_not_retried(
+        admin: Admin, customer: Bot, far_side: FarSide, database_url: str) -> None:
+    """The newer reply had the failed burst's messages in its history: a late answer would be stale."""
+    failed_id = await fail_for_good(customer, far_side, database_url)
+    far_side.fail_replies = 0
+    assert await customer.status_of(incoming(2, "¿hola?")) == "buffered"
+    await make_due(database_url)
+    assert await customer.sweep() == {"completed": 1}
+    assert "Hola" in far_side.completions[-1]["messages"][-2]["content"]  # in the newer reply's history
+    before = await buffers(database_url)
+    result = await admin.post(f"/admin/api/bursts/{failed_id}/retry")
+    assert (result["outcome"], result["status"]) == ("superseded", "failed")
+    assert await buffers(database_url) == before
+    assert len(far_side.public_replies()) == 1
+    assert [a["outcome"] for a in await audit(database_url)] == ["superseded"]
+
+
+async def test_a_failed_burst_is_not_retried_while_the_bot_is_paused(
+        admin: Admin, customer: Bot, far_side: FarSide, database_url: str) -> None:
+    failed_id = await fail_for_good(customer, far_side, database_url)
+    await admin.post(f"{CONVERSATION}/pause", {"seconds": 600})
+    assert (await admin.post(f"/admin/api/bursts/{failed_id}/retry"))["outcome"] == "bot_paused"
+    await admin.post(f"{CONVERSATION}/resume")
+    assert (await admin.post(f"/admin/api/bursts/{failed_id}/retry"))["outcome"] == "retried"
+
+
+async def test_answer_now_also_hurries_a_burst_waiting_to_retry(
+        admin: Admin, customer: Bot, far_side: FarSide, database_url: str) -> None:
+    """The conversation's older burst, in its backoff, would hold the open one back: both become due."""
+    assert await customer.status_of(incoming(1, "Hola")) == "buffered"
+    far_side.fail_replies = 1
+    await make_due(database_url)
+    assert await customer.sweep() == {"retry": 1}
+    await execute(database_url, "update public.message_buffer set due_at = now() + interval '1 hour'")
+    assert await customer.status_of(incoming(2, "¿siguen ahí?")) == "buffered"
+    retrying, waiting = await buffers(database_url)
+    result = await admin.post(f"{CONVERSATION}/answer-now")
+    assert (result["outcome"], result["buffer_id"]) == ("answering", retrying["id"])
+    await admin.settle()  # the older one goes first; its fence takes the newer message in (merged)
+    await make_due(database_url)
+    await customer.sweep()
+    assert [r["body"]["content"] for r in far_side.public_replies()] == ["echo: Hola | ¿siguen ahí?"]
+
+
+async def test_the_actor_name_may_be_any_script(admin: Admin, customer: Bot, database_url: str) -> None:
+    assert await customer.status_of(incoming(1, "Hola")) == "buffered"
+    response = await admin.client.post(f"{CONVERSATION}/cancel",
+                                       headers={**AUTH, "x-admin-actor": "%C5%81ukasz%20%E5%BC%A0%E4%BC%9F"})
+    assert response.status_code == 200
+    assert (await fetch(database_url, "select actor from public.admin_actions"))[0]["actor"] == "Łukasz 张伟"
+
+
 # --- the same functions through Supabase's Data API ---------------------------------------------------
 
 async def test_the_admin_store_works_through_the_data_api(gateway_url: str, customer: Bot, far_side: FarSide,

@@ -84,3 +84,18 @@ def test_json_log_lines_carry_the_fields_passed_in_extra(monkeypatch: pytest.Mon
     line = json.loads(stream.getvalue())
     assert line["level"] == "INFO" and line["message"] == "buffer 7 completed"
     assert line["buffer_id"] == 7 and line["duration_ms"] == 120 and line["timestamp"]
+
+
+def test_a_long_outage_is_one_line_with_a_total_not_a_crash() -> None:
+    """Powertools prints a line by itself at a metric's hundredth value: counts are summed first,
+    and timings capped, so a sweep counting hundreds of failures writes one line and goes on."""
+    stream = io.StringIO()
+    metrics = Metrics(enabled=True, stream=stream)
+    for n in range(250):
+        metrics.count("BurstsFailed")
+        metrics.observe_ms("ReplyLateness", n)
+    record = metrics.flush(Function="sweeper")
+    assert record is not None and record["BurstsFailed"] == [250]
+    assert len(record["ReplyLateness"]) == 99
+    assert len(stream.getvalue().splitlines()) == 1
+    assert metrics.flush() is None  # nothing new: nothing written

@@ -18,6 +18,8 @@
     started: false,
     rendered: {},       // section -> JSON of what is on screen, to skip identical re-renders
     drawerId: null,
+    verified: false,    // the token was accepted since the last sign-in
+    again: false,       // an action asked for fresh data while a refresh was running
     drawerJson: '',
   };
 
@@ -108,7 +110,9 @@
   class ApiOffError extends Error {}
 
   async function api(path, { method = 'GET', body } = {}) {
-    const headers = { Authorization: `Bearer ${state.token}`, 'X-Admin-Actor': state.actor || 'admin' };
+    // Header values must be ISO-8859-1: the name travels percent-encoded ("Łukasz", "张伟").
+    const headers = { Authorization: `Bearer ${state.token}`,
+                      'X-Admin-Actor': encodeURIComponent(state.actor || 'admin') };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let response;
     try {
@@ -227,9 +231,12 @@
       // The first call after a sign-in goes alone: a stale token then costs one 401, not seven.
       if (!state.verified) { await api('/admin/api/stats'); state.verified = true; }
       const sent = Date.now();
+      let received = sent;
+      // The stats call is timed alone: its midpoint is when the database read its clock.
+      const timedStats = api('/admin/api/stats').then((r) => { received = Date.now(); return r; });
       const list = (query) => api(`/admin/api/bursts?${query}`).then((r) => r.bursts);
       const [stats, active, processing, retrying, failed, completed, cancelled] = await Promise.all([
-        api('/admin/api/stats'),
+        timedStats,
         list('state=active&limit=50'),
         list('state=processing&limit=50'),
         list('state=retrying&limit=50'),
@@ -238,7 +245,6 @@
         list('state=cancelled&limit=20'),
       ]);
       // stats.now is the database clock: countdowns are measured against it, not this machine's.
-      const received = Date.now();
       const dbNow = parseTime(stats.now);
       if (Number.isFinite(dbNow)) state.offset = dbNow - (sent + received) / 2;
 
@@ -283,9 +289,9 @@
         empty: t.oldest_waiting_seconds == null, sub: s.max_age_seconds ? `max age ${duration(s.max_age_seconds)}` : '' },
       { key: 'failed_24h', label: 'Failed (24\u00a0h)', tone: 'failed', value: n(t.failed_24h),
         sub: `${n(t.failed)} still failed`, alert: n(t.failed) > 0 },
-      { key: 'completed', label: 'Answered (24\u00a0h)', tone: 'completed', value: n(t.completed),
+      { key: 'completed', label: 'Answered (1\u00a0h)', tone: 'completed', value: n(t.completed),
         sub: `${n(t.cancelled)} cancelled · ${plural(n(t.messages), 'message')}` },
-      { key: 'model_calls', label: 'Model calls (24\u00a0h)', value: n(t.model_calls),
+      { key: 'model_calls', label: 'Model calls (1\u00a0h)', value: n(t.model_calls),
         sub: plural(n(t.discarded_drafts), 'discarded draft') },
       { key: 'lateness', label: 'Reply lateness (1\u00a0h)', empty: t.lateness_p50_seconds == null,
         value: t.lateness_p50_seconds == null ? '—' : seconds(t.lateness_p50_seconds),

@@ -166,7 +166,10 @@
     composer.value = '';
     autosize();
     composer.focus();
-    const message = { key: `local-${state.nextLocal++}`, text, status: 'sending', after: Infinity, note: null };
+    // The conversation is the one on screen when Enter was pressed, even if "New" is clicked
+    // before the queued send goes out.
+    const message = { key: `local-${state.nextLocal++}`, text, status: 'sending', after: Infinity, note: null,
+                      conversationId: state.conversationId };
     state.pending.push(message);
     render({ scroll: true });
     queue(message);
@@ -177,7 +180,7 @@
   }
 
   async function post(message) {
-    const id = state.conversationId;
+    const id = message.conversationId;
     try {
       let response;
       try {
