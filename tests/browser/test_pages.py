@@ -19,7 +19,7 @@ from tests.support.processes import chatbuffer_serve
 from tests.support.sql import execute, fetch
 
 TOKEN = "browser-test-admin-token"
-WINDOW_SECONDS = 6
+WINDOW_SECONDS = 10
 
 
 @pytest.fixture
@@ -64,6 +64,13 @@ def wait_for(check: Any, timeout: float = 15, what: str = "condition") -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def moves(countdown: Any) -> None:
+    """The countdown's text changes within a few seconds (once a second when the machine is idle;
+    a busy CI machine may delay a tick, or a poll may correct the clock offset by a second)."""
+    first = countdown.inner_text()
+    wait_for(lambda: countdown.inner_text() != first, timeout=5, what=f"the countdown to move from {first!r}")
+
+
 def assert_clean(page: Page, url: str) -> None:
     assert page.problems == [], page.problems
     foreign = [r for r in page.requests if not r.startswith((url, "data:"))]
@@ -87,9 +94,7 @@ def test_inspector_counts_down_and_retries_a_failed_burst(server: str) -> None:
         page.goto(f"{server}/admin#token={TOKEN}")
         waiting = page.locator("[data-state='active'] .countdown").first
         waiting.wait_for(timeout=10_000)
-        first = waiting.inner_text()
-        time.sleep(1.3)
-        assert waiting.inner_text() != first, "the countdown does not move"
+        moves(waiting)
         assert page.evaluate("location.hash") == ""  # the token left the address bar
         assert page.locator("#stats").inner_text().strip()
 
@@ -137,9 +142,7 @@ def test_playground_burst_gets_exactly_one_reply(server: str) -> None:
             composer.press("Enter")
         countdown = page.locator("#burst-status .countdown")
         countdown.wait_for(timeout=5_000)
-        first = countdown.inner_text()
-        time.sleep(1.2)
-        assert countdown.inner_text() != first, "the burst's countdown does not move"
+        moves(countdown)
         assert page.locator(".bubble[data-author='customer']").count() == 3
 
         bot = page.locator(".bubble[data-author='bot']")
