@@ -10,6 +10,7 @@ servers; medians are reported. Each measurement gets a fresh database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import database_factory, median, require_tool, uvicorn_server
+from tests.support.pgbouncer import pgbouncer, through
 from shared.channels.chatwoot import sign
 
 SECRET = "bench-webhook-secret"
@@ -74,10 +76,17 @@ def run_wrk(url: str, requests_file: Path, connections: int, seconds: float) -> 
 
 async def measure(factory: Any, target: str, files: dict[str, Path], connections: int, seconds: float) -> dict[str, Any]:
     dsn = await factory.fresh()
-    env = {"DATABASE_URL": dsn, "CHATWOOT_WEBHOOK_SECRET": SECRET, "DATABASE_POOL_SIZE": os.environ.get("BENCH_POOL_SIZE", "10"),
+    pool_size = os.environ.get("BENCH_POOL_SIZE", "10")
+    env = {"DATABASE_URL": dsn, "CHATWOOT_WEBHOOK_SECRET": SECRET, "DATABASE_POOL_SIZE": pool_size,
            "LOG_LEVEL": "WARNING"}
     try:
-        with uvicorn_server(TARGETS[target], env) as url:
+        with contextlib.ExitStack() as stack:
+            if target == "chatbuffer" and os.environ.get("BENCH_INGEST_POOLER") == "pgbouncer":
+                # chatbuffer through PgBouncer in transaction mode (as through Supabase's pooler), with
+                # as many server connections as its own pool; the floor keeps its direct connection.
+                bouncer = stack.enter_context(pgbouncer(factory.server, pool_size=int(pool_size)))
+                env |= {"DATABASE_URL": through(bouncer, dsn), "DATABASE_POOLER": "transaction"}
+            url = stack.enter_context(uvicorn_server(TARGETS[target], env))
             await asyncio.to_thread(run_wrk, url, files["warmup"], connections, max(1.0, seconds / 5))
             loaded = await asyncio.to_thread(run_wrk, url, files["load"], connections, seconds)
             single = await asyncio.to_thread(run_wrk, url, files["single"], 1, max(1.0, seconds / 2))

@@ -4,12 +4,13 @@ The same seeded traffic (bursts of 1-3 messages, 0.2-0.6 s apart, a 1 s window) 
 against three ways of running the sweeper:
   serve     `chatbuffer serve`: webhooks over HTTP, the in-process loop sleeps until the earliest
             due buffer and a webhook wakes it when a sooner one appears;
-  lambda    functions/sweeper.handler invoked as EventBridge does: every tick (60 s) one warm
-            container sweeps for SWEEP_LOOP_SECONDS (50 s), waking at the earliest due buffer;
+  lambda    functions/sweeper.handler invoked as EventBridge does: every tick (60 s) an invocation
+            in a container of its own sweeps for SWEEP_LOOP_SECONDS (62 s, so each overlaps the
+            next), waking at the earliest due buffer;
   fixed     the plain fixed-tick design: one sweep pass every 10 s.
 The far side answers instantly, so what is measured is the buffer's own lateness, not the
 model's. Clocks: due_at is the database's, the reply time the far side's, both on this host.
-Smoke mode shrinks the minute to 1.2 s (loop 1 s) and the fixed tick to 0.5 s.
+Smoke mode shrinks the minute to 1.2 s (loop 1.4 s) and the fixed tick to 0.5 s.
 """
 
 from __future__ import annotations
@@ -47,15 +48,22 @@ async def main(tick, until):
 asyncio.run(main(float(sys.argv[1]), float(sys.argv[2])))
 """
 
+# EventBridge fires every tick whether or not the last invocation has ended; an invocation that
+# starts while another still runs gets a container of its own: here, a process of its own.
 EVENTBRIDGE = """
-import sys, time
-import functions.sweeper as sweeper
-from tests.support.aws_events import LambdaContext, scheduled_event
+import subprocess, sys, time
+INVOCATION = (
+    "import functions.sweeper as sweeper\\n"
+    "from tests.support.aws_events import LambdaContext, scheduled_event\\n"
+    "sweeper.handler(scheduled_event(), LambdaContext(200))\\n")
 tick, until = float(sys.argv[1]), float(sys.argv[2])
+running = []
 while time.time() < until:
     started = time.monotonic()
-    sweeper.handler(scheduled_event(), LambdaContext(150))
+    running.append(subprocess.Popen([sys.executable, "-c", INVOCATION]))
     time.sleep(max(0, tick - (time.monotonic() - started)))
+for invocation in running:
+    invocation.wait()
 """
 
 
@@ -152,7 +160,7 @@ async def serve_and_replay(env: dict[str, str], events: list[tuple[float, int, i
 
 async def run_async(smoke: bool) -> dict[str, Any]:
     seconds = 2 if smoke else 180
-    modes = {"serve": (0, 0), "lambda": (1.2, 1.0) if smoke else (60, 50), "fixed": (0.5, 0) if smoke else (10, 0)}
+    modes = {"serve": (0, 0), "lambda": (1.2, 1.4) if smoke else (60, 62), "fixed": (0.5, 0) if smoke else (10, 0)}
     events = traffic(seconds)
     results = {}
     async with database_factory() as factory:
@@ -164,7 +172,7 @@ async def run_async(smoke: bool) -> dict[str, Any]:
     for mode, r in results.items():
         summary.append(f"  {mode:7s} replies {r['replies']:4d}  p50 {r['p50_s']:6.3f} s  p95 {r['p95_s']:6.3f} s"
                        f"  p99 {r['p99_s']:6.3f} s  max {r['max_s']:6.3f} s"
-                       + ("   (target p95 <= 0.25 s)" if mode == "serve" else ""))
+                       + {"serve": "   (target p95 <= 0.25 s)", "lambda": "   (target p95 <= 0.5 s)"}.get(mode, ""))
     return {"name": "lateness", "results": results, "summary": summary}
 
 

@@ -1,7 +1,8 @@
 """Lambda entry point for the sweeper: EventBridge `rate(1 minute)`, or a fallback flush.
 
-A scheduled tick sweeps for ~50 s (EventBridge fires no finer than a minute), stopping early
-enough that work in flight finishes inside the function's timeout. A flush event (sent by the
+A scheduled tick sweeps for SWEEP_LOOP_SECONDS (62 s: EventBridge fires every minute, and each
+invocation overlaps the next by 2 s, so a sweeper is always awake), stopping early enough that
+work in flight finishes inside the function's timeout. A flush event (sent by the
 webhook when there is no scheduler) runs one pass for the buffers it names and a few others.
 Two overlapping invocations are safe: the claim is atomic in the database.
 """

@@ -44,6 +44,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from shared.migrate import migrate
 
     settings = Settings.from_env()
+    if settings.database_url and settings.database_pooler == "transaction":
+        # DDL, and the session lock that keeps two deploys from migrating at once, need a session.
+        raise ConfigError("migrations need a session: run `chatbuffer migrate` with DATABASE_URL set to the "
+                          "direct connection (or the session pooler, port 5432), not the transaction pooler")
     if settings.database_url:
         applied = asyncio.run(migrate(settings.database_url))
     else:

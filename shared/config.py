@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,22 @@ def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str 
 
 
 STRUCTURED_OUTPUT_MODES = ("auto", "on", "off")
+POOLER_MODES = ("transaction", "session", "none")
+SUPABASE_TRANSACTION_POOLER_PORT = 6543
+
+
+def _pooler(env: Mapping[str, str]) -> str:
+    """DATABASE_POOLER as given; unset, `transaction` when DATABASE_URL is on port 6543 (the port
+    of Supabase's transaction pooler, the connection string its dashboard offers for serverless)."""
+    given = (_text(env, "DATABASE_POOLER") or "").lower()
+    if given:
+        return given
+    try:
+        port = urlsplit(_text(env, "DATABASE_URL") or "").port
+    except ValueError:
+        port = None
+    return "transaction" if port == SUPABASE_TRANSACTION_POOLER_PORT else "none"
+
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful customer service assistant replying on WhatsApp. The customer may have sent "
@@ -91,12 +108,15 @@ class Settings:
     retry_backoff_seconds: float = 10
     lease_seconds: float = 90
     sweep_concurrency: int = 8
-    sweep_loop_seconds: float = 50
+    sweep_loop_seconds: float = 62  # > EventBridge's minute: each invocation overlaps the next
     fallback_pickup_limit: int = 5
     sweeper_function_name: str | None = None
     sweep_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)  # unset: the admin API is off
     database_pool_size: int = 10
+    # "transaction": DATABASE_URL is a transaction pooler (Supabase's Supavisor on port 6543,
+    # PgBouncer in transaction mode); "session" or "none": a direct connection or a session pooler.
+    database_pooler: str = "none"
     retention_days: float = 30
     purge_batch_size: int = 500
     bot_pause_after_human_seconds: float = 86400
@@ -111,6 +131,8 @@ class Settings:
     def __post_init__(self) -> None:
         if bool(self.supabase_url) != bool(self.supabase_service_role_key):
             raise ConfigError("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY go together: set both or neither")
+        if self.database_pooler not in POOLER_MODES:
+            raise ConfigError(f"DATABASE_POOLER={self.database_pooler!r} must be one of " + ", ".join(POOLER_MODES))
         if self.openai_structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ConfigError(f"OPENAI_STRUCTURED_OUTPUT={self.openai_structured_output!r} must be one of "
                               + ", ".join(STRUCTURED_OUTPUT_MODES))
@@ -158,12 +180,13 @@ class Settings:
             retry_backoff_seconds=_number(env, "RETRY_BACKOFF_SECONDS", 10),
             lease_seconds=_number(env, "LEASE_SECONDS", 90),
             sweep_concurrency=int(_number(env, "SWEEP_CONCURRENCY", 8, whole=True)),
-            sweep_loop_seconds=_number(env, "SWEEP_LOOP_SECONDS", 50),
+            sweep_loop_seconds=_number(env, "SWEEP_LOOP_SECONDS", 62),
             fallback_pickup_limit=int(_number(env, "FALLBACK_PICKUP_LIMIT", 5, whole=True)),
             sweeper_function_name=_text(env, "SWEEPER_FUNCTION_NAME"),
             sweep_token=_text(env, "SWEEP_TOKEN"),
             admin_token=_text(env, "ADMIN_TOKEN"),
             database_pool_size=int(_number(env, "DATABASE_POOL_SIZE", 10, whole=True)),
+            database_pooler=_pooler(env),
             retention_days=_number(env, "RETENTION_DAYS", 30),
             purge_batch_size=int(_number(env, "PURGE_BATCH_SIZE", 500, whole=True)),
             bot_pause_after_human_seconds=_number(env, "BOT_PAUSE_AFTER_HUMAN_SECONDS", 86400),

@@ -6,8 +6,9 @@ message, service, and whatever the call passed in `extra` (buffer_id, outcome, d
 Elsewhere, one readable line.
 
 What goes to INFO is ids, counts and timings only: message text, transcripts, phone numbers and
-file names never do. HTTP client libraries log every request's URL at INFO, and an attachment's
-URL ends in the customer's file name: at INFO and above they log warnings only.
+file names never do, at any level. HTTP client libraries log every request's URL at INFO (an
+attachment's URL ends in the customer's file name) and the OpenAI SDK whole requests at DEBUG: they
+log warnings only, whatever LOG_LEVEL says.
 """
 
 from __future__ import annotations
@@ -37,6 +38,5 @@ def configure_logging() -> None:
         for handler in root.handlers:
             handler.setFormatter(formatter)
     root.setLevel(level)
-    for name in URL_LOGGING_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.WARNING if isinstance(level, int) and level >= logging.INFO
-                                         else logging.NOTSET)
+    for name in URL_LOGGING_LIBRARIES:  # at every level: at DEBUG the OpenAI SDK logs whole requests
+        logging.getLogger(name).setLevel(max(logging.WARNING, level if isinstance(level, int) else 0))

@@ -182,6 +182,7 @@ class RuntimeConfig:
     settings_error: str | None
     voice_transcription: bool = True
     image_understanding: bool = True
+    window_seconds: float = 30  # the quiet window: no burst that appears later is due sooner
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RuntimeConfig:
@@ -193,4 +194,5 @@ class RuntimeConfig:
             settings_error=row["settings_error"],
             voice_transcription=bool(row["voice_transcription"]),
             image_understanding=bool(row["image_understanding"]),
+            window_seconds=float(row["window_seconds"]),
         )

@@ -56,7 +56,8 @@ class Runtime:
             raise ConfigError("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY, or DATABASE_URL")
         from shared.db.postgres import PostgresConnector
 
-        return PostgresConnector(s.database_url, pool_size=s.database_pool_size)
+        return PostgresConnector(s.database_url, pool_size=s.database_pool_size,
+                                 transaction_pooler=s.database_pooler == "transaction")
 
     @cached_property
     def responder(self) -> Responder:

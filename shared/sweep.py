@@ -1,7 +1,7 @@
 """Where a waiting buffer is claimed: sweep passes that claim what is due and process it.
 
 One Sweeper serves every host: `chatbuffer sweep --once` and the fallback run one pass; the Lambda
-sweeper runs passes for ~50 s per EventBridge tick; `chatbuffer serve` runs them forever. Between
+sweeper runs passes for ~62 s per EventBridge tick (each minute overlaps the next); `chatbuffer serve` runs them forever. Between
 passes it sleeps only until the earliest due buffer (at most SWEEP_INTERVAL_SECONDS), and a local
 ingest can wake it early. Racing sweepers are safe: the claim is atomic in SQL.
 """
@@ -153,12 +153,14 @@ class Sweeper:
             self._wake.set()  # a slot is free: a backlog can move on
 
     async def _pause(self, config: RuntimeConfig, slots_full: bool) -> float:
+        """Until the earliest due burst, and never longer than the quiet window: a burst that opens
+        while we sleep is due a whole window after its first message at the earliest, so we are
+        awake before it is due. That matters where no webhook can wake us (the Lambda sweeper)."""
         if slots_full:
             return config.sweep_interval_seconds  # woken as soon as a slot frees
+        longest = min(config.sweep_interval_seconds, config.window_seconds)
         seconds = await self._store.seconds_until_next_due()
-        if seconds is None:
-            return config.sweep_interval_seconds
-        return min(seconds, config.sweep_interval_seconds)
+        return longest if seconds is None else min(seconds, longest)
 
     async def _sleep(self, seconds: float) -> None:
         assert self._wake is not None

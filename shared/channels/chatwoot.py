@@ -82,13 +82,14 @@ def verify_signature(
         raise BadSignature("X-Chatwoot-Timestamp is not unix seconds") from None
     if abs(age) > SIGNATURE_MAX_AGE_SECONDS:
         raise BadSignature(f"X-Chatwoot-Timestamp is {int(age)} s off (limit {SIGNATURE_MAX_AGE_SECONDS} s)")
-    if not hmac.compare_digest(sign(secret, timestamp, body), signature.strip()):
+    # As bytes: compare_digest refuses str with non-ASCII characters, and a header may hold any.
+    if not hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.strip().encode("utf-8", "replace")):
         raise BadSignature("X-Chatwoot-Signature does not match the body")
 
 
 def verify_token(expected: str, given: str | None) -> None:
     """Older Chatwoot signs nothing: an unguessable ?token= in the webhook URL stands in."""
-    if not given or not hmac.compare_digest(expected.encode(), given.encode()):
+    if not given or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
         raise BadSignature("missing or wrong ?token=")
 
 
@@ -111,6 +112,8 @@ def parse_event(body: bytes, answer_statuses: frozenset[str]) -> Event:
     if not isinstance(event, dict):
         raise BadPayload("body is not a JSON object")
     kind = event.get("event")
+    if not isinstance(kind, str):
+        return Ignored("no event name")
     if kind == "message_created":
         return _message_created(event, answer_statuses)
     if kind == "message_updated":
@@ -141,7 +144,8 @@ def _message_created(event: Mapping[str, Any], answer_statuses: frozenset[str]) 
         sent_at=_timestamp(event.get("created_at")),
         attachments=_attachments(event.get("attachments")),
         inbox_id=_inbox_id(event, conversation),
-        hold_reason=None if status in answer_statuses else f"conversation status is {status!r}, not the bot's",
+        hold_reason=None if isinstance(status, str) and status in answer_statuses
+        else f"conversation status is {status!r}, not the bot's",
     )
 
 
@@ -196,7 +200,8 @@ def _conversation_event(event: Mapping[str, Any], answer_statuses: frozenset[str
         kind, reason = "returned_to_bot", f"conversation back to {status!r}"
     else:
         kind, reason = "takeover", f"conversation status changed to {status!r}"
-    messages = [m for m in event.get("messages") or () if isinstance(m, dict)]
+    listed = event.get("messages")
+    messages = [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
     account = next((m["account_id"] for m in messages if _is_id(m.get("account_id"))), None)
     return ConversationSignal(
         channel=CHANNEL,
@@ -253,14 +258,20 @@ def _content(value: Any) -> str | None:
     return None  # not text at all: the attachments (if any) still reach the model
 
 
-def _clean(value: Any) -> Any:
-    """Without NUL characters, which PostgreSQL's text and jsonb refuse (a retry would not help)."""
+MAX_NESTING = 32  # deeper than any attachment Chatwoot sends: what lies below is dropped
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """Without NUL characters, which PostgreSQL's text and jsonb refuse (a retry would not help),
+    and no deeper than MAX_NESTING (a body nested a thousand deep must not exhaust the stack)."""
     if isinstance(value, str):
         return value.replace("\x00", "")
+    if isinstance(value, (dict, list)) and depth >= MAX_NESTING:
+        return None
     if isinstance(value, dict):
-        return {key: _clean(item) for key, item in value.items()}
+        return {key.replace("\x00", ""): _clean(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [_clean(item) for item in value]
+        return [_clean(item, depth + 1) for item in value]
     return value
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import asyncpg
 import orjson
 
-from shared.db.errors import StoreError, StoreUnavailable
+from shared.db.errors import StoreError, StoreUnavailable, redacted
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,17 @@ def call_sql(function: str, names: tuple[str, ...]) -> str:
 
 
 class PostgresConnector:
-    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 5) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 5,
+                 transaction_pooler: bool = False) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
+        # Behind a transaction pooler each statement may reach another server connection, where a
+        # statement asyncpg prepared by name on the previous one does not exist ("prepared statement
+        # __asyncpg_stmt_a__ does not exist"). With no cache, asyncpg prepares every statement unnamed,
+        # in the same round trip that runs it. (PgBouncer 1.21+ can keep named ones; Supavisor and
+        # older PgBouncers, Debian 12's 1.18 among them, cannot.)
+        self._statement_cache_size = 0 if transaction_pooler else 100
         self._pool: asyncpg.Pool | None = None
         self._pool_lock: asyncio.Lock | None = None
 
@@ -74,6 +81,7 @@ class PostgresConnector:
                         init=_init_connection,
                         reset=_keep_session,
                         max_inactive_connection_lifetime=240,
+                        statement_cache_size=self._statement_cache_size,
                     )
         return self._pool
 
@@ -85,8 +93,12 @@ class PostgresConnector:
                 rows = await pool.fetch(sql, *params.values())
                 return [dict(row) for row in rows]
             except asyncpg.PostgresError as exc:
-                detail = f": {exc.detail}" if getattr(exc, "detail", None) else ""
-                raise StoreError(f"{function}: {exc}{detail}", code=exc.sqlstate) from exc
+                # DETAIL is left out and the message redacted: either may quote the refused row. The
+                # names of what refused it are identifiers, kept for the operator.
+                names = ", ".join(f"{kind} {name}" for kind in ("table", "column", "constraint")
+                                  if (name := getattr(exc, f"{kind}_name", None)))
+                raise StoreError(f"{function}: {exc.sqlstate} {redacted(str(exc))}" + (f" ({names})" if names else ""),
+                                 code=exc.sqlstate) from exc
             except _RETRYABLE as exc:
                 if attempt == 2:
                     raise StoreUnavailable(f"{function}: database unreachable: {exc}") from exc

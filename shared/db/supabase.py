@@ -16,7 +16,7 @@ import httpx
 from postgrest import AsyncPostgrestClient
 from postgrest.exceptions import APIError
 
-from shared.db.errors import StoreError, StoreUnavailable
+from shared.db.errors import StoreError, StoreUnavailable, redacted
 
 # Well under API Gateway's 30 s (supabase-py's own default is 120 s): a hung call must fail in
 # time for Chatwoot to retry the delivery, and for the sweeper to record the failure.
@@ -57,8 +57,8 @@ class SupabaseConnector:
         try:
             response = await self._get_client().rpc(function, body).execute()
         except APIError as exc:
-            detail = f" ({exc.details})" if exc.details else ""
-            raise StoreError(f"{function}: {exc.message}{detail}", code=exc.code) from exc
+            # Details are left out and the message redacted: either may quote the refused row.
+            raise StoreError(f"{function}: {exc.code} {redacted(str(exc.message))}", code=exc.code) from exc
         except Exception as exc:  # the HTTP layer: timeouts, refused connections, bad gateways
             raise StoreUnavailable(f"{function}: Supabase unreachable: {type(exc).__name__}: {exc}") from exc
         data = response.data

@@ -235,3 +235,34 @@ async def test_nul_characters_are_dropped_and_a_data_error_is_a_dead_letter(
     response = await post(client, incoming(1, "x") | {"id": "98\u0000231"})
     assert response.status_code == 200 and response.json()["status"] == "unreadable"
     assert "refused its data" in response.json()["error"]
+
+
+async def test_mutated_payloads_never_answer_500_and_refused_ones_store_nothing(bot: Bot, database_url: str) -> None:
+    """Through the whole app and the database: every field of every fixture given a value of
+    another type (seeded, 300 cases) is answered 200; the same bodies with a wrong signature are
+    answered 401 and leave no row."""
+    import random
+
+    from tests.support.sql import fetch
+    from tests.unit.test_fuzz_chatwoot import FIXTURE_NAMES, paths, replaced
+
+    rng = random.Random(20261124)
+    odd = [None, True, -1, 10**40, 1e308, "", "x" * 5000, "\x00", [], [None], {}, {"a": [1, {"b": None}]}, "é\U0010ffff"]
+    refused = []
+    for case in range(300):
+        name = rng.choice(FIXTURE_NAMES)
+        document = chatwoot_fixture(name)
+        body = json.dumps(replaced(document, rng.choice(paths(document)), rng.choice(odd))).encode()
+        response = await bot.post(body)
+        assert response.status_code == 200, (name, body[:300], response.text)
+        refused.append(body)
+    before = await fetch(database_url, "select (select count(*) from public.buffered_messages) as messages,"
+                                       " (select count(*) from public.webhook_dead_letters) as dead,"
+                                       " (select count(*) from public.conversation_state) as conversations")
+    for body in refused[:100]:
+        response = await bot.post(body, headers=signed_headers(body, secret="not-the-secret"))
+        assert response.status_code == 401
+    after = await fetch(database_url, "select (select count(*) from public.buffered_messages) as messages,"
+                                      " (select count(*) from public.webhook_dead_letters) as dead,"
+                                      " (select count(*) from public.conversation_state) as conversations")
+    assert after == before
