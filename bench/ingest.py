@@ -28,6 +28,8 @@ SECRET = "bench-webhook-secret"
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "chatwoot" / "message_created_incoming_text.json"
 # chatbuffer's app: the webhook Lambda's (default), or with BENCH_INGEST_APP=serve the one
 # `chatbuffer serve` builds, with the admin API, the inspector and the playground mounted.
+# BENCH_INGEST_POOLER=pgbouncer puts a PgBouncer in transaction mode between chatbuffer and the
+# database; =no-statement-cache keeps the direct connection with the pooler's driver setting.
 APPS = {"lambda": "functions.webhook:app", "serve": "bench.serve_app:app"}
 TARGETS = {"chatbuffer": APPS[os.environ.get("BENCH_INGEST_APP", "lambda")], "floor": "bench.floor_app:app"}
 
@@ -81,7 +83,10 @@ async def measure(factory: Any, target: str, files: dict[str, Path], connections
            "LOG_LEVEL": "WARNING"}
     try:
         with contextlib.ExitStack() as stack:
-            if target == "chatbuffer" and os.environ.get("BENCH_INGEST_POOLER") == "pgbouncer":
+            pooler = os.environ.get("BENCH_INGEST_POOLER", "")
+            if target == "chatbuffer" and pooler == "no-statement-cache":
+                env["DATABASE_POOLER"] = "transaction"  # the driver's setting alone, a direct connection
+            if target == "chatbuffer" and pooler == "pgbouncer":
                 # chatbuffer through PgBouncer in transaction mode (as through Supabase's pooler), with
                 # as many server connections as its own pool; the floor keeps its direct connection.
                 bouncer = stack.enter_context(pgbouncer(factory.server, pool_size=int(pool_size)))

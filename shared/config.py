@@ -102,6 +102,7 @@ class Settings:
     chatwoot_webhook_token: str | None = field(default=None, repr=False)
     chatwoot_answer_statuses: frozenset[str] = frozenset({"pending"})
     chatwoot_media_hosts: frozenset[str] = frozenset()  # besides CHATWOOT_BASE_URL's host
+    chatwoot_requests_per_minute: float = 2400  # under self-hosted Chatwoot's 3000 a minute per IP
     timing: BufferTiming = BufferTiming()
     history_messages: int = 20
     max_attempts: int = 5
@@ -174,6 +175,7 @@ class Settings:
             chatwoot_answer_statuses=frozenset(s.strip() for s in statuses.split(",") if s.strip()),
             chatwoot_media_hosts=frozenset(h.strip().lower() for h in (_text(env, "CHATWOOT_MEDIA_HOSTS") or "").split(",")
                                            if h.strip()),
+            chatwoot_requests_per_minute=_number(env, "CHATWOOT_REQUESTS_PER_MINUTE", 2400),
             timing=timing,
             history_messages=int(_number(env, "HISTORY_MESSAGES", 20, whole=True)),
             max_attempts=int(_number(env, "MAX_ATTEMPTS", 5, whole=True)),

@@ -23,6 +23,7 @@ from shared.llm import Responder
 from shared.media import MediaPreparer
 from shared.metrics import Metrics
 from shared.models import ClaimedBuffer, Reply, RuntimeConfig
+from shared.ratelimits import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ class BufferProcessor:
 
     async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: Reply | None, *, model_called: bool) -> str:
         error = f"{type(exc).__name__}: {exc}"
+        wait = retry_after(exc)
+        if wait is not None:
+            return await self._defer(buffer, wait, error, reply, model_called=model_called)
         try:
             status = await self._store.fail_buffer(
                 buffer, error, max_attempts=self._max_attempts, backoff_seconds=self._backoff, reply_draft=reply,
@@ -151,6 +155,20 @@ class BufferProcessor:
             return "failed"
         log.warning("buffer %s attempt %s failed, will retry: %s", buffer.buffer_id, buffer.attempts, error)
         return "retry"
+
+    async def _defer(self, buffer: ClaimedBuffer, wait: float, error: str, reply: Reply | None, *,
+                     model_called: bool) -> str:
+        """A 429: back in `wait` seconds, as the server asked, and the attempt is not counted."""
+        try:
+            await self._store.defer_buffer(buffer, wait, f"rate limited, retrying in {wait:.0f} s: {error}",
+                                           reply_draft=reply, model_called=model_called)
+        except Exception:
+            log.exception("buffer %s: could not record the rate limit (%s)", buffer.buffer_id, error)
+            return "retry"
+        self._metrics.count("RateLimited")
+        log.warning("buffer %s rate limited, retrying in %.0f s (not counted as an attempt): %s",
+                    buffer.buffer_id, wait, error)
+        return "deferred"
 
     async def _typing(self, buffer: ClaimedBuffer, on: bool) -> None:
         try:

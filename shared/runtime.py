@@ -89,7 +89,8 @@ class Runtime:
             return ConsoleOutbox(self._http)
         from shared.channels.chatwoot import ChatwootClient
 
-        return ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, self._http, s.chatwoot_media_hosts)
+        return ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, self._http, s.chatwoot_media_hosts,
+                              requests_per_minute=s.chatwoot_requests_per_minute)
 
     @cached_property
     def processor(self) -> BufferProcessor:

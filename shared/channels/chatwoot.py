@@ -354,18 +354,24 @@ class ChatwootClient:
     toggle typing and status; and the attachments' public data_url."""
 
     def __init__(self, base_url: str, api_token: str, http: httpx.AsyncClient,
-                 media_hosts: frozenset[str] = frozenset()) -> None:
+                 media_hosts: frozenset[str] = frozenset(), requests_per_minute: float = 2400) -> None:
+        from aiolimiter import AsyncLimiter  # the sweeper's: never on the webhook's import path
+
         self._base = base_url.rstrip("/")
         self._media_hosts = frozenset({(urlsplit(self._base).hostname or "").lower(), *media_hosts})
         self._headers = {"api_access_token": api_token}
         self._http = http
+        # Chatwoot's rack-attack allows 3000 requests a minute per IP: this process spends at most
+        # `requests_per_minute`, in sixths of the minute (a short burst, then an even pace).
+        self._budget = AsyncLimiter(requests_per_minute / 6, 10)
 
     def _url(self, account_id: str, conversation_id: str, action: str) -> str:
         return f"{self._base}/api/v1/accounts/{account_id}/conversations/{conversation_id}/{action}"
 
     async def _post(self, account_id: str, conversation_id: str, action: str, body: dict[str, Any]) -> None:
-        response = await self._http.post(self._url(account_id, conversation_id, action),
-                                         headers=self._headers, json=body)
+        async with self._budget:
+            response = await self._http.post(self._url(account_id, conversation_id, action),
+                                             headers=self._headers, json=body)
         response.raise_for_status()
 
     async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None:
@@ -388,4 +394,5 @@ class ChatwootClient:
         })
 
     async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
-        return await fetch_attachment(self._http, url, max_bytes=max_bytes, allowed_hosts=self._media_hosts)
+        async with self._budget:
+            return await fetch_attachment(self._http, url, max_bytes=max_bytes, allowed_hosts=self._media_hosts)

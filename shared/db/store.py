@@ -184,6 +184,17 @@ class BufferStore:
         )
         return rows[0]["status"] if rows else None
 
+    async def defer_buffer(self, buffer: ClaimedBuffer, seconds: float, reason: str, *,
+                           reply_draft: Reply | None = None, model_called: bool = False) -> str | None:
+        """Told to slow down (a 429): the burst waits `seconds`, the attempt not counted."""
+        rows = await self._connector.call(
+            "defer_buffer",
+            {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_seconds": seconds,
+             "p_reason": reason, "p_reply_draft": reply_draft.text if reply_draft else None,
+             "p_handoff_reason": reply_draft.handoff_reason if reply_draft else None, "p_model_called": model_called},
+        )
+        return rows[0]["status"] if rows else None
+
     async def reclaim_expired_leases(self, max_attempts: int) -> list[tuple[int, str]]:
         rows = await self._connector.call("reclaim_expired_leases", {"p_max_attempts": max_attempts})
         return [(int(row["buffer_id"]), row["status"]) for row in rows]

@@ -47,6 +47,9 @@ class FarSide:
     fail_completions: int = 0  # answer the next N completions with 500
     fail_replies: int = 0  # answer the next N reply posts with 500
     fail_handoffs: int = 0  # answer the next N toggle_status calls with 500
+    throttle_completions: int = 0  # answer the next N completions with 429 and Retry-After
+    throttle_replies: int = 0  # answer the next N reply posts with 429 and Retry-After
+    retry_after: str = "1"
     # Structured Outputs: "json" (supported), "reject" (400, like a server without them), "ignore"
     # (plain text, as if response_format were not there) or "fenced" (not enforced, and the model
     # writes the JSON in a Markdown code fence anyway).
@@ -66,6 +69,8 @@ class FarSide:
                 recorded.clear()
             self.media.clear()
             self.fail_completions = self.fail_replies = self.fail_handoffs = self.structured_refusals = 0
+            self.throttle_completions = self.throttle_replies = 0
+            self.retry_after = "1"
             self.openai_latency = self.chatwoot_latency = 0
             self.structured = "json"
 
@@ -104,6 +109,9 @@ class FarSide:
         body = await request.json()
         if self.openai_latency:
             await asyncio.sleep(self.openai_latency)
+        if self._take_failure("throttle_completions"):
+            return JSONResponse({"error": {"message": "Rate limit reached", "type": "requests"}}, status_code=429,
+                                headers={"retry-after": self.retry_after})
         if self._take_failure("fail_completions"):
             return JSONResponse({"error": {"message": "fake outage", "type": "server_error"}}, status_code=500)
         structured = (body.get("response_format") or {}).get("type") == "json_schema"
@@ -175,6 +183,8 @@ class FarSide:
         body = await request.json()
         if self.chatwoot_latency:
             await asyncio.sleep(self.chatwoot_latency)
+        if self._take_failure("throttle_replies"):
+            return JSONResponse({"error": "Too many requests"}, status_code=429, headers={"retry-after": self.retry_after})
         if self._take_failure("fail_replies"):
             return JSONResponse({"error": "fake outage"}, status_code=500)
         with self.lock:
@@ -186,7 +196,7 @@ class FarSide:
     async def chatwoot_typing(self, request: Request) -> JSONResponse:
         body = await request.json()
         with self.lock:
-            self.typing.append({"conversation": request.path_params["conversation"], **body})
+            self.typing.append({"conversation": request.path_params["conversation"], "at": time.time(), **body})
         return JSONResponse({})
 
     async def stats(self, request: Request) -> JSONResponse:
