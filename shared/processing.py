@@ -160,8 +160,9 @@ class BufferProcessor:
                      model_called: bool) -> str:
         """A 429: back in `wait` seconds, as the server asked, and the attempt is not counted."""
         try:
-            await self._store.defer_buffer(buffer, wait, f"rate limited, retrying in {wait:.0f} s: {error}",
-                                           reply_draft=reply, model_called=model_called)
+            await self._store.fail_buffer(buffer, f"rate limited, retrying in {wait:.0f} s: {error}",
+                                          max_attempts=self._max_attempts, backoff_seconds=self._backoff,
+                                          reply_draft=reply, model_called=model_called, retry_after=wait)
         except Exception:
             log.exception("buffer %s: could not record the rate limit (%s)", buffer.buffer_id, error)
             return "retry"

@@ -1,7 +1,7 @@
 """Being told to slow down: a 429's Retry-After, and a channel's request budget.
 
 A 429 from the model provider or a channel is not a failure: the burst waits until the time the
-server asked for and the attempt is not counted (`defer_buffer`). A self-hosted Chatwoot allows
+server asked for and the attempt is not counted (`fail_buffer` with its Retry-After). A self-hosted Chatwoot allows
 3000 requests a minute per IP (rack-attack): ChatwootClient spends at most
 CHATWOOT_REQUESTS_PER_MINUTE (2400 by default) per process, typing calls, replies and downloads
 together, so a sweeper working off a large backlog stays under it.

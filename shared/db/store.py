@@ -163,11 +163,12 @@ class BufferStore:
 
     async def fail_buffer(
         self, buffer: ClaimedBuffer, error: str, *, max_attempts: int, backoff_seconds: float,
-        reply_draft: str | Reply | None = None, model_called: bool = False,
+        reply_draft: str | Reply | None = None, model_called: bool = False, retry_after: float | None = None,
     ) -> str | None:
         """Record a failed attempt; returns the new status ('processing' = will retry, 'failed').
         A decision already taken is kept for the retry; `model_called`: a model call of this
-        attempt the fence did not count yet."""
+        attempt the fence did not count yet; `retry_after`: told to slow down (a 429), the burst
+        waits that long and the attempt is not counted."""
         draft = Reply(reply_draft) if isinstance(reply_draft, str) else reply_draft
         rows = await self._connector.call(
             "fail_buffer",
@@ -180,18 +181,8 @@ class BufferStore:
                 "p_reply_draft": draft.text if draft else None,
                 "p_handoff_reason": draft.handoff_reason if draft else None,
                 "p_model_called": model_called,
+                "p_retry_after_seconds": retry_after,
             },
-        )
-        return rows[0]["status"] if rows else None
-
-    async def defer_buffer(self, buffer: ClaimedBuffer, seconds: float, reason: str, *,
-                           reply_draft: Reply | None = None, model_called: bool = False) -> str | None:
-        """Told to slow down (a 429): the burst waits `seconds`, the attempt not counted."""
-        rows = await self._connector.call(
-            "defer_buffer",
-            {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_seconds": seconds,
-             "p_reason": reason, "p_reply_draft": reply_draft.text if reply_draft else None,
-             "p_handoff_reason": reply_draft.handoff_reason if reply_draft else None, "p_model_called": model_called},
         )
         return rows[0]["status"] if rows else None
 
