@@ -108,6 +108,9 @@ class Settings:
     max_attempts: int = 5
     retry_backoff_seconds: float = 10
     lease_seconds: float = 90
+    # A burst whose worker died while posting waits this long from the post for Chatwoot's echo of
+    # the reply (proof it left) before it is posted again.
+    send_grace_seconds: float = 120
     sweep_concurrency: int = 8
     sweep_loop_seconds: float = 62  # > EventBridge's minute: each invocation overlaps the next
     fallback_pickup_limit: int = 5
@@ -181,6 +184,7 @@ class Settings:
             max_attempts=int(_number(env, "MAX_ATTEMPTS", 5, whole=True)),
             retry_backoff_seconds=_number(env, "RETRY_BACKOFF_SECONDS", 10),
             lease_seconds=_number(env, "LEASE_SECONDS", 90),
+            send_grace_seconds=_number(env, "SEND_GRACE_SECONDS", 120),
             sweep_concurrency=int(_number(env, "SWEEP_CONCURRENCY", 8, whole=True)),
             sweep_loop_seconds=_number(env, "SWEEP_LOOP_SECONDS", 62),
             fallback_pickup_limit=int(_number(env, "FALLBACK_PICKUP_LIMIT", 5, whole=True)),

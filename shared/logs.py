@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-URL_LOGGING_LIBRARIES = ("httpx", "httpx2", "httpcore", "openai")
+URL_LOGGING_LIBRARIES = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
 
 
 def json_logs() -> bool:

@@ -71,6 +71,17 @@ class MessageEdit:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyEcho:
+    """The channel's echo of a reply we posted (Chatwoot sends every message back to the webhook):
+    proof that the burst's reply has left."""
+
+    channel: str
+    account_id: str
+    buffer_id: int
+    platform_message_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     buffer_id: int
     accepted: bool  # False: a redelivery of a message we already hold

@@ -13,11 +13,14 @@ already taken), and after max attempts it is `failed` with the error, for an ope
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
+from shared.db.errors import StoreError
 from shared.db.store import BufferStore
 from shared.llm import Responder
 from shared.media import MediaPreparer
@@ -31,13 +34,26 @@ log = logging.getLogger(__name__)
 class Outbox(Protocol):
     """A channel's client (shared/channels/): where replies go, and where media come from."""
 
-    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None: ...
+    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> str | None:
+        """Post the reply; returns the channel's id for it, when it gives one."""
 
     async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None: ...
 
     async def hand_off(self, account_id: str, conversation_id: str, reason: str, buffer_id: int) -> None: ...
 
     async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]: ...
+
+
+# Recording a reply that has left is retried this often (seconds before each try), never its post.
+COMPLETION_RETRY_DELAYS = (0, 0.5, 1, 2)
+
+
+@dataclass
+class Delivery:
+    """What happened to the reply in this attempt: posted (it left), and the channel's id for it."""
+
+    posted: bool = False
+    message_id: str | None = None
 
 
 class LeaseLost(Exception):
@@ -70,26 +86,29 @@ class BufferProcessor:
             await self._typing(buffer, True)
         reply = buffer.draft
         uncounted_call = False  # a model call of this attempt that no SQL function has counted yet
+        delivery = Delivery()
         try:
             if reply is None:
                 reply = await self._decide(buffer, config)
                 uncounted_call = True
-            verdict = await self._store.fence_reply(buffer, self._lease_seconds, model_called=uncounted_call)
+            # The decision is stored, and the burst marked as being sent, before anything is posted.
+            verdict = await self._store.fence_reply(buffer, self._lease_seconds, model_called=uncounted_call,
+                                                    decision=reply)
             uncounted_call = False
             if verdict != "send":
                 return self._not_sent(buffer, verdict)
-            await self._deliver(buffer, reply)
-            if not await self._store.complete_buffer(buffer, reply, pause_seconds=self._pause_seconds):
-                log.error("buffer %s: reply sent but the lease was gone at completion", buffer.buffer_id)
-                return "lease_lost"
+            await self._deliver(buffer, reply, delivery)
         except LeaseLost as exc:
             log.warning("%s", exc)
             return "lease_lost"
         except Exception as exc:  # any failure of media, the model, the channel or the store: retry later
-            return await self._fail(buffer, exc, reply, model_called=uncounted_call)
+            return await self._fail(buffer, exc, reply, model_called=uncounted_call, reply_left=delivery.posted)
         finally:
             if typing:
                 await self._typing(buffer, False)
+        outcome = await self._record_completion(buffer, reply, delivery.message_id)
+        if outcome != "completed":
+            return outcome
         elapsed_ms = (time.monotonic() - started) * 1000
         self._metrics.count("BurstsAnswered")
         self._metrics.observe_ms("ReplyLateness", (datetime.now(timezone.utc) - buffer.due_at).total_seconds() * 1000)
@@ -112,16 +131,36 @@ class BufferProcessor:
         self._metrics.observe_ms("ModelLatency", (time.monotonic() - started) * 1000)
         return reply
 
-    async def _deliver(self, buffer: ClaimedBuffer, reply: Reply) -> None:
-        """Send the reply (if any), then hand off (if asked). A hand-off retried after its reply
-        left must not send the reply again: that is recorded first."""
+    async def _deliver(self, buffer: ClaimedBuffer, reply: Reply, delivery: Delivery) -> None:
+        """Send the reply (if any, and not sent already), then hand off (if asked). A hand-off
+        retried after its reply left must not send the reply again: that is recorded first."""
         if reply.text and not buffer.reply_sent:
-            await self._outbox.post_reply(buffer.account_id, buffer.conversation_id, reply.text, buffer.buffer_id)
+            delivery.message_id = await self._outbox.post_reply(buffer.account_id, buffer.conversation_id,
+                                                                reply.text, buffer.buffer_id)
+            delivery.posted = True
             if reply.handoff_reason:
                 await self._store.mark_reply_sent(buffer)
         if reply.handoff_reason:
             await self._outbox.hand_off(buffer.account_id, buffer.conversation_id, reply.handoff_reason,
                                         buffer.buffer_id)
+
+    async def _record_completion(self, buffer: ClaimedBuffer, reply: Reply, message_id: str | None) -> str:
+        """The reply has left: record that, retrying the recording (never the post) while the
+        database fails. If it never succeeds, the lease runs out, and the reclaim waits for
+        Chatwoot's echo of the reply (which marks it sent) before anything is posted again."""
+        for delay in COMPLETION_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                if await self._store.complete_buffer(buffer, reply, pause_seconds=self._pause_seconds,
+                                                     platform_message_id=message_id):
+                    return "completed"
+                log.error("buffer %s: reply sent but the lease was gone at completion", buffer.buffer_id)
+                return "lease_lost"
+            except StoreError as exc:
+                log.warning("buffer %s: the reply left but recording it failed, trying again: %s", buffer.buffer_id, exc)
+        log.error("buffer %s: the reply left and could not be recorded; when its lease runs out, the reclaim "
+                  "waits for Chatwoot's echo before posting again", buffer.buffer_id)
+        return "unrecorded"
 
     def _not_sent(self, buffer: ClaimedBuffer, verdict: str) -> str:
         self._metrics.count({"merged": "DiscardedDrafts", "cancelled": "BurstsCancelled"}.get(verdict, "LeasesLost"))
@@ -135,15 +174,16 @@ class BufferProcessor:
             log.warning("buffer %s: lease lost before sending", buffer.buffer_id)
         return verdict
 
-    async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: Reply | None, *, model_called: bool) -> str:
+    async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: Reply | None, *, model_called: bool,
+                    reply_left: bool) -> str:
         error = f"{type(exc).__name__}: {exc}"
         wait = retry_after(exc)
         if wait is not None:
-            return await self._defer(buffer, wait, error, reply, model_called=model_called)
+            return await self._defer(buffer, wait, error, reply, model_called=model_called, reply_left=reply_left)
         try:
             status = await self._store.fail_buffer(
                 buffer, error, max_attempts=self._max_attempts, backoff_seconds=self._backoff, reply_draft=reply,
-                model_called=model_called,
+                model_called=model_called, reply_left=reply_left,
             )
         except Exception:
             # The lease will expire and reclaim_expired_leases will hand the buffer out again.
@@ -157,12 +197,13 @@ class BufferProcessor:
         return "retry"
 
     async def _defer(self, buffer: ClaimedBuffer, wait: float, error: str, reply: Reply | None, *,
-                     model_called: bool) -> str:
+                     model_called: bool, reply_left: bool) -> str:
         """A 429: back in `wait` seconds, as the server asked, and the attempt is not counted."""
         try:
             await self._store.fail_buffer(buffer, f"rate limited, retrying in {wait:.0f} s: {error}",
                                           max_attempts=self._max_attempts, backoff_seconds=self._backoff,
-                                          reply_draft=reply, model_called=model_called, retry_after=wait)
+                                          reply_draft=reply, model_called=model_called, retry_after=wait,
+                                          reply_left=reply_left)
         except Exception:
             log.exception("buffer %s: could not record the rate limit (%s)", buffer.buffer_id, error)
             return "retry"

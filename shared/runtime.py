@@ -114,7 +114,7 @@ class Runtime:
         return Sweeper(self.store, self.processor, concurrency=s.sweep_concurrency,
                        lease_seconds=s.lease_seconds, max_attempts=s.max_attempts,
                        retention_seconds=s.retention_days * 86400, purge_batch_size=s.purge_batch_size,
-                       metrics=self.metrics)
+                       metrics=self.metrics, send_grace_seconds=s.send_grace_seconds)
 
     @cached_property
     def metrics(self) -> Metrics:

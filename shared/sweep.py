@@ -31,6 +31,7 @@ class Sweeper:
         self, store: BufferStore, processor: BufferProcessor, *,
         concurrency: int, lease_seconds: float, max_attempts: int,
         retention_seconds: float, purge_batch_size: int, metrics: Metrics | None = None,
+        send_grace_seconds: float = 0,
     ) -> None:
         self._store = store
         self._processor = processor
@@ -40,6 +41,7 @@ class Sweeper:
         self._retention_seconds = retention_seconds
         self._purge_batch_size = purge_batch_size
         self._next_purge = 0.0
+        self._send_grace_seconds = send_grace_seconds
         self._metrics = metrics or Metrics(enabled=False)
         self._next_metrics = time.monotonic() + METRICS_EVERY_SECONDS
         self._tasks: set[asyncio.Task[str]] = set()
@@ -108,7 +110,7 @@ class Sweeper:
         config = await self._store.runtime_config()
         if config.settings_error:
             log.error("%s", config.settings_error)
-        for buffer_id, status in await self._store.reclaim_expired_leases(self._max_attempts):
+        for buffer_id, status in await self._store.reclaim_expired_leases(self._max_attempts, self._send_grace_seconds):
             log.warning("buffer %s: lease expired, now %s", buffer_id, status)
         await self._purge_now_and_then()
         return config

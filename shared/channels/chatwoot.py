@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import orjson  # json.loads was a third of the handler's own CPU under load (py-spy)
 
-from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit
+from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit, ReplyEcho
 
 if TYPE_CHECKING:  # httpx stays off the webhook's import path
     import httpx
@@ -100,7 +100,7 @@ class Ignored:
     reason: str
 
 
-Event = InboundMessage | ConversationSignal | MessageEdit | Ignored
+Event = InboundMessage | ConversationSignal | MessageEdit | ReplyEcho | Ignored
 
 
 def parse_event(body: bytes, answer_statuses: frozenset[str]) -> Event:
@@ -150,12 +150,23 @@ def _message_created(event: Mapping[str, Any], answer_statuses: frozenset[str]) 
 
 
 def _outgoing(event: Mapping[str, Any]) -> Event:
-    if REPLY_MARKER in _mapping(event.get("content_attributes")):
-        return Ignored("our own reply")
+    attributes = _mapping(event.get("content_attributes"))
+    if REPLY_MARKER in attributes:
+        return _echo(event, attributes[REPLY_MARKER])
     sender_type = _mapping(event.get("sender")).get("type")
     if sender_type == "user":
         return _takeover(event, "a human agent replied")
     return Ignored(f"outgoing message from {sender_type or 'no sender'}")
+
+
+def _echo(event: Mapping[str, Any], marker: Any) -> Event:
+    """Our own reply, echoed: proof it left (it completes a burst whose worker died after posting)."""
+    buffer_id = str(marker).strip() if _is_id(marker) else ""
+    account = _mapping(event.get("account")).get("id")
+    if not buffer_id.isdecimal() or len(buffer_id) > 18 or not _is_id(account) or not _is_id(event.get("id")):
+        return Ignored("our own reply")
+    return ReplyEcho(channel=CHANNEL, account_id=str(account).strip(), buffer_id=int(buffer_id),
+                     platform_message_id=str(event["id"]).strip())
 
 
 def _takeover(event: Mapping[str, Any], reason: str) -> ConversationSignal:
@@ -368,17 +379,24 @@ class ChatwootClient:
     def _url(self, account_id: str, conversation_id: str, action: str) -> str:
         return f"{self._base}/api/v1/accounts/{account_id}/conversations/{conversation_id}/{action}"
 
-    async def _post(self, account_id: str, conversation_id: str, action: str, body: dict[str, Any]) -> None:
+    async def _post(self, account_id: str, conversation_id: str, action: str, body: dict[str, Any]) -> httpx.Response:
         async with self._budget:
             response = await self._http.post(self._url(account_id, conversation_id, action),
                                              headers=self._headers, json=body)
         response.raise_for_status()
+        return response
 
-    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None:
-        await self._post(account_id, conversation_id, "messages", {
+    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> str | None:
+        """Post the reply; returns Chatwoot's id for it. The marker lets its echo name the burst."""
+        response = await self._post(account_id, conversation_id, "messages", {
             "content": content, "message_type": "outgoing", "private": False, "content_type": "text",
             "content_attributes": {REPLY_MARKER: buffer_id},
         })
+        try:
+            message_id = response.json().get("id")
+        except (ValueError, AttributeError):
+            return None
+        return str(message_id) if _is_id(message_id) else None
 
     async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None:
         await self._post(account_id, conversation_id, "toggle_typing_status",

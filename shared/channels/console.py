@@ -25,9 +25,10 @@ class ConsoleOutbox:
     def _print(self, text: str) -> None:
         print(text, file=self._stream or sys.stdout, flush=True)
 
-    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> None:
+    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> str | None:
         self._print(f"[reply to chatwoot account {account_id} conversation {conversation_id}, "
                     f"buffer {buffer_id}]\n{content}")
+        return None  # a console has no message ids
 
     async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None:
         return None

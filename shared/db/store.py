@@ -11,8 +11,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from shared.config import BufferTiming
 from shared.models import (
-    ClaimedBuffer, ConversationSignal, InboundMessage, IngestResult, MessageEdit, PromptTurn, Reply, RuntimeConfig,
-    SignalResult,
+    ClaimedBuffer, ConversationSignal, InboundMessage, IngestResult, MessageEdit, PromptTurn, Reply, ReplyEcho,
+    RuntimeConfig, SignalResult,
 )
 
 
@@ -84,6 +84,14 @@ class BufferStore:
         )
         return SignalResult.from_row(rows[0])
 
+    async def record_reply_echo(self, echo: ReplyEcho) -> str:
+        """Chatwoot echoed a reply we posted: it has left. Returns recorded, known or unknown."""
+        rows = await self._connector.call(
+            "record_reply_echo",
+            {"p_channel": echo.channel, "p_account_id": echo.account_id, "p_buffer_id": echo.buffer_id,
+             "p_platform_message_id": echo.platform_message_id})
+        return str(_single(rows, "outcome"))
+
     async def edit_waiting_message(self, edit: MessageEdit) -> str:
         """Returns updated, unchanged, not_waiting (its burst is being answered or done) or unknown."""
         rows = await self._connector.call(
@@ -125,14 +133,18 @@ class BufferStore:
         )
         return bool(_single(rows, "saved"))
 
-    async def fence_reply(self, buffer: ClaimedBuffer, lease_seconds: float, *, model_called: bool = False) -> str:
+    async def fence_reply(self, buffer: ClaimedBuffer, lease_seconds: float, *, model_called: bool = False,
+                          decision: Reply | None = None) -> str:
         """Right before sending: send, lease_lost, cancelled (the bot was paused) or merged (the
         customer wrote again: the draft is discarded and the burst waits again). `model_called`:
-        this attempt's decision came from a model call (counted in model_calls)."""
+        this attempt's decision came from a model call (counted in model_calls). On send, the
+        `decision` is stored and the burst marked as being sent, before anything is posted."""
         rows = await self._connector.call(
             "fence_reply",
             {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token,
-             "p_lease_seconds": lease_seconds, "p_defaults": self._defaults, "p_model_called": model_called},
+             "p_lease_seconds": lease_seconds, "p_defaults": self._defaults, "p_model_called": model_called,
+             "p_reply_draft": decision.text if decision else None,
+             "p_handoff_reason": decision.handoff_reason if decision else None},
         )
         return str(_single(rows, "verdict"))
 
@@ -149,26 +161,28 @@ class BufferStore:
         return bool(_single(rows, "extended"))
 
     async def complete_buffer(self, buffer: ClaimedBuffer, reply: Reply | str,
-                              pause_seconds: float | None = None) -> bool:
+                              pause_seconds: float | None = None, platform_message_id: str | None = None) -> bool:
         """The burst is done: replied, no reply, or handed off (which pauses the bot for
-        `pause_seconds`)."""
+        `pause_seconds`). `platform_message_id`: the reply's id on the channel."""
         reply = Reply(reply) if isinstance(reply, str) else reply
         rows = await self._connector.call(
             "complete_buffer",
             {"p_buffer_id": buffer.buffer_id, "p_lease_token": buffer.lease_token, "p_reply": reply.text,
              "p_outcome": reply.outcome, "p_handoff_reason": reply.handoff_reason,
-             "p_pause_seconds": pause_seconds},
+             "p_pause_seconds": pause_seconds, "p_platform_message_id": platform_message_id},
         )
         return bool(_single(rows, "completed"))
 
     async def fail_buffer(
         self, buffer: ClaimedBuffer, error: str, *, max_attempts: int, backoff_seconds: float,
         reply_draft: str | Reply | None = None, model_called: bool = False, retry_after: float | None = None,
+        reply_left: bool = False,
     ) -> str | None:
         """Record a failed attempt; returns the new status ('processing' = will retry, 'failed').
         A decision already taken is kept for the retry; `model_called`: a model call of this
         attempt the fence did not count yet; `retry_after`: told to slow down (a 429), the burst
-        waits that long and the attempt is not counted."""
+        waits that long and the attempt is not counted; `reply_left`: the post had succeeded and a
+        later step failed, so a retry must not post it again."""
         draft = Reply(reply_draft) if isinstance(reply_draft, str) else reply_draft
         rows = await self._connector.call(
             "fail_buffer",
@@ -182,12 +196,16 @@ class BufferStore:
                 "p_handoff_reason": draft.handoff_reason if draft else None,
                 "p_model_called": model_called,
                 "p_retry_after_seconds": retry_after,
+                "p_reply_left": reply_left,
             },
         )
         return rows[0]["status"] if rows else None
 
-    async def reclaim_expired_leases(self, max_attempts: int) -> list[tuple[int, str]]:
-        rows = await self._connector.call("reclaim_expired_leases", {"p_max_attempts": max_attempts})
+    async def reclaim_expired_leases(self, max_attempts: int, send_grace_seconds: float = 0) -> list[tuple[int, str]]:
+        """Bursts whose worker stopped; one whose reply may have left waits `send_grace_seconds`
+        from its post for Chatwoot's echo before it is posted again."""
+        rows = await self._connector.call("reclaim_expired_leases", {"p_max_attempts": max_attempts,
+                                                                     "p_send_grace_seconds": send_grace_seconds})
         return [(int(row["buffer_id"]), row["status"]) for row in rows]
 
     async def seconds_until_next_due(self) -> float | None:

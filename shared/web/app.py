@@ -24,7 +24,7 @@ from starlette.responses import Response
 from shared.channels import chatwoot
 from shared.config import ConfigError, Settings
 from shared.db.errors import StoreError
-from shared.models import ConversationSignal, InboundMessage, MessageEdit
+from shared.models import ConversationSignal, InboundMessage, MessageEdit, ReplyEcho
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False, adm
     return app
 
 
-async def _store_event(app: FastAPI, runtime: Runtime, event: InboundMessage | ConversationSignal | MessageEdit
+async def _store_event(app: FastAPI, runtime: Runtime,
+                       event: InboundMessage | ConversationSignal | MessageEdit | ReplyEcho
                        ) -> Response:
     """One database call per event; the kinds are the channel's (shared/channels/)."""
     store = runtime.store
@@ -175,6 +176,8 @@ async def _store_event(app: FastAPI, runtime: Runtime, event: InboundMessage | C
         log.info("%s conversation %s: %s -> %s, %d waiting burst(s) cancelled",
                  event.channel, event.conversation_id, event.kind, signal.outcome, signal.cancelled)
         return _reply(200, status=signal.outcome, cancelled=signal.cancelled)
+    if isinstance(event, ReplyEcho):  # our reply came back: it has left, whatever happens to its worker
+        return _reply(200, status=f"echo {await store.record_reply_echo(event)}")
     if isinstance(event, MessageEdit):
         return _reply(200, status=f"edit {await store.edit_waiting_message(event)}")
     result = await store.ingest(event)

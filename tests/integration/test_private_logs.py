@@ -11,7 +11,7 @@ import pytest
 
 from shared.db.errors import StoreError
 from shared.db.store import BufferStore
-from shared.logs import configure_logging
+from shared.logs import URL_LOGGING_LIBRARIES, configure_logging
 from tests.conftest import chatwoot_fixture, incoming
 from tests.integration.test_takeover import human
 from tests.support.far_side import FarSide
@@ -26,6 +26,8 @@ async def test_a_whole_flow_logged_at_debug_shows_no_private_text(
         bot: Bot, far_side: FarSide, database_url: str, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    for name in ("", *URL_LOGGING_LIBRARIES):  # the levels configure_logging sets, restored afterwards
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
     configure_logging()  # as every entry point does
     voice = chatwoot_fixture("message_created_incoming_audio")
     voice["attachments"][0]["data_url"] = far_side.add_media("Lucia_Fernandez_audio", b"OggS voice:PANGOLIN-3321",

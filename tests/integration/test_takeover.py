@@ -108,7 +108,7 @@ async def test_the_bots_own_echo_is_not_a_takeover(bot: Bot, far_side: FarSide, 
     # Chatwoot echoes our reply back, as an outgoing agent_bot message carrying our marker.
     echo = chatwoot_fixture("message_created_outgoing_agent_bot")
     echo.update(id=50, content=reply["body"]["content"], content_attributes=reply["body"]["content_attributes"])
-    assert (await bot.post(echo)).json() == {"status": "ignored", "reason": "our own reply"}
+    assert (await bot.post(echo)).json() == {"status": "echo known"}  # proof it left; never a takeover
     assert await bot.status_of(incoming(2, "¿y a Monterrey?")) == "buffered"
     assert await answer_what_is_due(bot, database_url) == {"completed": 1}
     assert len(far_side.replies) == 2

@@ -13,14 +13,19 @@ URL that can 404 for its first requests, then redirects to the bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
+
+import httpx
 
 import uvicorn
 from starlette.applications import Starlette
@@ -50,6 +55,11 @@ class FarSide:
     throttle_completions: int = 0  # answer the next N completions with 429 and Retry-After
     throttle_replies: int = 0  # answer the next N reply posts with 429 and Retry-After
     retry_after: str = "1"
+    # Like Chatwoot: each reply posted is echoed back to this webhook URL (signed with this secret),
+    # redelivered a few times while it answers an error.
+    echo_to: str | None = None
+    echo_secret: str = ""
+    kill_on_reply: int | None = None  # SIGKILL this process once a reply has been received
     # Structured Outputs: "json" (supported), "reject" (400, like a server without them), "ignore"
     # (plain text, as if response_format were not there) or "fenced" (not enforced, and the model
     # writes the JSON in a Markdown code fence anyway).
@@ -71,6 +81,8 @@ class FarSide:
             self.fail_completions = self.fail_replies = self.fail_handoffs = self.structured_refusals = 0
             self.throttle_completions = self.throttle_replies = 0
             self.retry_after = "1"
+            self.echo_to = None
+            self.kill_on_reply = None
             self.openai_latency = self.chatwoot_latency = 0
             self.structured = "json"
 
@@ -191,7 +203,34 @@ class FarSide:
             self.replies.append({"account": request.path_params["account"],
                                  "conversation": request.path_params["conversation"],
                                  "body": body, "at": time.time()})
-        return JSONResponse({"id": len(self.replies), "content": body.get("content")})
+            message_id = 900_000 + len(self.replies)
+            victim, self.kill_on_reply = self.kill_on_reply, None
+        if victim:  # the reply reached "Chatwoot"; its sender dies before hearing back
+            os.kill(victim, signal.SIGKILL)
+        if self.echo_to:
+            asyncio.get_running_loop().create_task(self._echo(request.path_params, body, message_id))
+        return JSONResponse({"id": message_id, "content": body.get("content")})
+
+    async def _echo(self, where: Mapping[str, Any], body: dict[str, Any], message_id: int) -> None:
+        """Chatwoot's message_created for the bot's own message, as it sends every outgoing one."""
+        from shared.channels.chatwoot import sign
+
+        await asyncio.sleep(0.05)
+        payload = json.dumps({
+            "event": "message_created", "id": message_id, "content": body.get("content"),
+            "message_type": "outgoing", "private": False, "content_attributes": body.get("content_attributes") or {},
+            "account": {"id": int(where["account"])}, "sender": {"id": 7, "type": "agent_bot"},
+            "conversation": {"id": int(where["conversation"]), "status": "pending"},
+        }).encode()
+        for _ in range(10):  # Chatwoot retries an agent bot's webhook on 500
+            timestamp = str(int(time.time()))
+            headers = {"content-type": "application/json", "x-chatwoot-timestamp": timestamp,
+                       "x-chatwoot-signature": sign(self.echo_secret, timestamp, payload)}
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=5) as client:
+                    if (await client.post(self.echo_to, content=payload, headers=headers)).status_code == 200:
+                        return
+            await asyncio.sleep(1)
 
     async def chatwoot_typing(self, request: Request) -> JSONResponse:
         body = await request.json()

@@ -10,7 +10,7 @@ from shared.channels.chatwoot import (
     REPLY_MARKER, BadPayload, BadSignature, ChatwootClient, Ignored, MediaUnavailable, fetch_attachment, parse_event,
     sign, verify_signature, verify_token,
 )
-from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit
+from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit, ReplyEcho
 from tests.conftest import chatwoot_fixture
 
 PENDING = frozenset({"pending"})
@@ -97,11 +97,16 @@ def test_a_reply_typed_on_the_phone_is_a_takeover() -> None:
 
 
 def test_our_own_reply_echoed_back_is_never_a_takeover() -> None:
+    """It is proof that the reply left: the burst named by our marker, and Chatwoot's message id."""
     echo = chatwoot_fixture("message_created_outgoing_agent_bot") | {"content_attributes": {REPLY_MARKER: 41}}
-    assert parse_event(json.dumps(echo).encode(), PENDING) == Ignored("our own reply")
+    expected = ReplyEcho("chatwoot", "3", 41, str(echo["id"]))
+    assert parse_event(json.dumps(echo).encode(), PENDING) == expected
     # Even with a human-looking sender, our marker wins: it is ours.
     forged = echo | {"sender": {"id": 2, "type": "user"}}
-    assert parse_event(json.dumps(forged).encode(), PENDING) == Ignored("our own reply")
+    assert parse_event(json.dumps(forged).encode(), PENDING) == expected
+    for marker in ("abc", None, [], -4, "9" * 30):  # a marker that names no burst: still ours, nothing to note
+        odd = echo | {"content_attributes": {REPLY_MARKER: marker}}
+        assert parse_event(json.dumps(odd).encode(), PENDING) == Ignored("our own reply")
 
 
 @pytest.mark.parametrize(("fixture", "kind", "account"), [
