@@ -1,6 +1,6 @@
 """`python -m bench [NAME ...] [--smoke]`: run benchmarks, print summaries, save bench/results/.
 
-Names: ingest, coldstart, claim, drain, lateness, policies (default: all). --smoke runs each in
+Names: ingest, coldstart, claim, drain, lateness, policies, soak (default: all). --smoke runs each in
 seconds with tiny sizes, as the test suite does; numbers from it mean nothing.
 """
 
@@ -12,7 +12,7 @@ import time
 
 from bench.common import RESULTS_DIR, write_results
 
-ALL = ["ingest", "coldstart", "claim", "drain", "lateness", "policies"]
+ALL = ["ingest", "coldstart", "claim", "drain", "lateness", "policies", "soak"]
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ Lines are written on Lambda (AWS_LAMBDA_FUNCTION_NAME is set) or with METRICS=em
 values are only collected, and flush() returns them (the tests read them there).
 
 Names (namespace `chatbuffer`, dimension `service`: METRICS_SERVICE, the stage's name on AWS):
-MessagesIngested (webhook), BurstsAnswered, BurstsFailed, BurstsCancelled, DiscardedDrafts,
+MessagesIngested (webhook), BurstsAnswered, BurstsFailed, BurstsCancelled, DiscardedDrafts, RateLimited,
 LeasesLost, ModelCalls, ReplyLateness (ms from the burst's due time to its reply having left) and
 ModelLatency (ms per model call) (sweeper).
 """

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from bench import claim, coldstart, drain, ingest, lateness
+from bench import claim, coldstart, drain, ingest, lateness, soak
 
 pytestmark = pytest.mark.bench_smoke
 
@@ -47,3 +47,12 @@ def test_lateness_smoke() -> None:
     for mode, r in result["results"].items():
         assert r["replies"] == bursts, mode  # every burst answered once, in every mode
         assert r["p50_s"] >= -0.05, mode  # never before the window ended (clock jitter aside)
+
+
+def test_soak_smoke() -> None:
+    result = soak.run(smoke=True)
+    assert result["messages_stored"] == result["messages_sent"] > 0  # nothing lost
+    assert result["completed"] == result["bursts"] == result["replies"] and result["failed"] == 0
+    assert result["answered_twice"] == []  # nothing doubled
+    assert result["rss_mb"]["start"] > 0
+
