@@ -201,3 +201,29 @@ def test_admin_function_serves_the_api_behind_its_token_and_the_page(admin_lambd
     script = admin_lambda.handler(http_api_event("GET", "/admin/assets/admin.js"), LambdaContext(10))
     assert script["statusCode"] == 200 and "javascript" in script["headers"]["content-type"]
     assert admin_lambda.handler(http_api_event("GET", "/playground"), LambdaContext(10))["statusCode"] == 404
+
+
+async def test_a_loop_no_webhook_can_wake_still_answers_a_new_burst_on_time(settings: Settings, far_side: FarSide) -> None:
+    """The Lambda sweeper's situation: asleep with nothing due, a burst opens (stored by another
+    process, the webhook's function). The loop never sleeps longer than the quiet window, so the
+    reply leaves as the window ends, not at the next 10 s sweep interval."""
+    import dataclasses
+    import time as clock
+
+    from shared.config import BufferTiming
+    from shared.models import InboundMessage
+    from shared.runtime import Runtime
+
+    timing = BufferTiming(buffer_window_seconds=0.5, buffer_max_age_seconds=5, sweep_interval_seconds=10)
+    sweeper_side, webhook_side = (Runtime(dataclasses.replace(settings, timing=timing)) for _ in range(2))
+    loop = asyncio.create_task(sweeper_side.new_sweeper().run_until(clock.monotonic() + 4))
+    await asyncio.sleep(1)  # the loop found nothing due and went to sleep
+    stored_at = clock.monotonic()
+    await webhook_side.store.ingest(InboundMessage("chatwoot", "3", "431", "m1", "Hola"))
+    while not far_side.replies and clock.monotonic() - stored_at < 3:
+        await asyncio.sleep(0.05)
+    answered_after = clock.monotonic() - stored_at
+    await loop
+    for runtime in (sweeper_side, webhook_side):
+        await runtime.close()
+    assert far_side.replies and answered_after < 1.5, answered_after  # window 0.5 s (+ at most one more)
