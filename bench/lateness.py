@@ -55,7 +55,7 @@ import subprocess, sys, time
 INVOCATION = (
     "import functions.sweeper as sweeper\\n"
     "from tests.support.aws_events import LambdaContext, scheduled_event\\n"
-    "sweeper.handler(scheduled_event(), LambdaContext(200))\\n")
+    "sweeper.handler(scheduled_event(), LambdaContext(210))\\n")
 tick, until = float(sys.argv[1]), float(sys.argv[2])
 running = []
 while time.time() < until:

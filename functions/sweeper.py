@@ -45,6 +45,6 @@ def _claim_deadline(settings: Settings, context: Any) -> float:
     if context is None or not hasattr(context, "get_remaining_time_in_millis"):
         return loop_end
     # A claimed buffer may need a transcription and a model call, each with one retry, plus the
-    # downloads and the reply: keep that much room.
-    room_needed = 4 * settings.openai_timeout_seconds + 15
+    # downloads, the reply and the retries of its recording: keep that much room.
+    room_needed = 4 * settings.openai_timeout_seconds + 19
     return min(loop_end, time.monotonic() + context.get_remaining_time_in_millis() / 1000 - room_needed)

@@ -135,6 +135,8 @@ class Settings:
     def __post_init__(self) -> None:
         if bool(self.supabase_url) != bool(self.supabase_service_role_key):
             raise ConfigError("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY go together: set both or neither")
+        if self.chatwoot_requests_per_minute < 6:
+            raise ConfigError("CHATWOOT_REQUESTS_PER_MINUTE must be at least 6 (the budget is spent in sixths of a minute)")
         if self.database_pooler not in POOLER_MODES:
             raise ConfigError(f"DATABASE_POOLER={self.database_pooler!r} must be one of " + ", ".join(POOLER_MODES))
         if self.openai_structured_output not in STRUCTURED_OUTPUT_MODES:

@@ -50,10 +50,18 @@ COMPLETION_RETRY_DELAYS = (0, 0.5, 1, 2)
 
 @dataclass
 class Delivery:
-    """What happened to the reply in this attempt: posted (it left), and the channel's id for it."""
+    """What became of the reply's post in this attempt: none (not posted, or refused), unknown (no
+    answer, or a server error: it may have arrived), left; and the channel's id for it."""
 
-    posted: bool = False
+    outcome: str = "none"
     message_id: str | None = None
+
+
+def _post_refused(exc: BaseException) -> bool:
+    """The channel itself refused the post (a 4xx, a 429 included, or its own 500): it did not
+    arrive. No answer, a timeout, or a gateway's 502/503/504 leave it unknown."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(status, int) and (400 <= status < 500 and status != 408 or status == 500)
 
 
 class LeaseLost(Exception):
@@ -64,7 +72,7 @@ class BufferProcessor:
     def __init__(
         self, store: BufferStore, responder: Responder, outbox: Outbox, media: MediaPreparer, *,
         history_messages: int, lease_seconds: float, max_attempts: int, retry_backoff_seconds: float,
-        pause_seconds: float, metrics: Metrics | None = None,
+        pause_seconds: float, metrics: Metrics | None = None, send_grace_seconds: float = 0,
     ) -> None:
         self._store = store
         self._responder = responder
@@ -76,6 +84,7 @@ class BufferProcessor:
         self._backoff = retry_backoff_seconds
         self._pause_seconds = pause_seconds
         self._metrics = metrics or Metrics(enabled=False)
+        self._send_grace_seconds = send_grace_seconds
 
     async def process(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> str:
         """Answer one claimed buffer. Returns its outcome: completed, merged (the customer wrote
@@ -95,14 +104,14 @@ class BufferProcessor:
             verdict = await self._store.fence_reply(buffer, self._lease_seconds, model_called=uncounted_call,
                                                     decision=reply)
             uncounted_call = False
-            if verdict != "send":
+            if verdict not in ("send", "sent"):
                 return self._not_sent(buffer, verdict)
-            await self._deliver(buffer, reply, delivery)
+            await self._deliver(buffer, reply, delivery, already_sent=verdict == "sent")
         except LeaseLost as exc:
             log.warning("%s", exc)
             return "lease_lost"
         except Exception as exc:  # any failure of media, the model, the channel or the store: retry later
-            return await self._fail(buffer, exc, reply, model_called=uncounted_call, reply_left=delivery.posted)
+            return await self._fail(buffer, exc, reply, model_called=uncounted_call, delivery=delivery.outcome)
         finally:
             if typing:
                 await self._typing(buffer, False)
@@ -131,13 +140,17 @@ class BufferProcessor:
         self._metrics.observe_ms("ModelLatency", (time.monotonic() - started) * 1000)
         return reply
 
-    async def _deliver(self, buffer: ClaimedBuffer, reply: Reply, delivery: Delivery) -> None:
+    async def _deliver(self, buffer: ClaimedBuffer, reply: Reply, delivery: Delivery, *, already_sent: bool) -> None:
         """Send the reply (if any, and not sent already), then hand off (if asked). A hand-off
         retried after its reply left must not send the reply again: that is recorded first."""
-        if reply.text and not buffer.reply_sent:
-            delivery.message_id = await self._outbox.post_reply(buffer.account_id, buffer.conversation_id,
-                                                                reply.text, buffer.buffer_id)
-            delivery.posted = True
+        if reply.text and not already_sent:
+            try:
+                delivery.message_id = await self._outbox.post_reply(buffer.account_id, buffer.conversation_id,
+                                                                    reply.text, buffer.buffer_id)
+            except Exception as exc:
+                delivery.outcome = "none" if _post_refused(exc) else "unknown"
+                raise
+            delivery.outcome = "left"
             if reply.handoff_reason:
                 await self._store.mark_reply_sent(buffer)
         if reply.handoff_reason:
@@ -175,15 +188,15 @@ class BufferProcessor:
         return verdict
 
     async def _fail(self, buffer: ClaimedBuffer, exc: Exception, reply: Reply | None, *, model_called: bool,
-                    reply_left: bool) -> str:
+                    delivery: str) -> str:
         error = f"{type(exc).__name__}: {exc}"
         wait = retry_after(exc)
         if wait is not None:
-            return await self._defer(buffer, wait, error, reply, model_called=model_called, reply_left=reply_left)
+            return await self._defer(buffer, wait, error, reply, model_called=model_called, delivery=delivery)
         try:
             status = await self._store.fail_buffer(
                 buffer, error, max_attempts=self._max_attempts, backoff_seconds=self._backoff, reply_draft=reply,
-                model_called=model_called, reply_left=reply_left,
+                model_called=model_called, delivery=delivery, send_grace_seconds=self._send_grace_seconds,
             )
         except Exception:
             # The lease will expire and reclaim_expired_leases will hand the buffer out again.
@@ -197,13 +210,13 @@ class BufferProcessor:
         return "retry"
 
     async def _defer(self, buffer: ClaimedBuffer, wait: float, error: str, reply: Reply | None, *,
-                     model_called: bool, reply_left: bool) -> str:
+                     model_called: bool, delivery: str) -> str:
         """A 429: back in `wait` seconds, as the server asked, and the attempt is not counted."""
         try:
             await self._store.fail_buffer(buffer, f"rate limited, retrying in {wait:.0f} s: {error}",
                                           max_attempts=self._max_attempts, backoff_seconds=self._backoff,
                                           reply_draft=reply, model_called=model_called, retry_after=wait,
-                                          reply_left=reply_left)
+                                          delivery=delivery, send_grace_seconds=self._send_grace_seconds)
         except Exception:
             log.exception("buffer %s: could not record the rate limit (%s)", buffer.buffer_id, error)
             return "retry"

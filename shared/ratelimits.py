@@ -22,6 +22,8 @@ def retry_after(exc: BaseException) -> float | None:
     response: Any = getattr(exc, "response", None)
     if getattr(response, "status_code", None) != 429:
         return None
+    if getattr(exc, "code", None) == "insufficient_quota":  # OpenAI's 429 for an unpaid bill: no waiting helps
+        return None
     return parse_retry_after(response.headers.get("retry-after"))
 
 

@@ -104,7 +104,7 @@ class Runtime:
         return BufferProcessor(
             self.store, self.responder, self.outbox, media, history_messages=s.history_messages,
             lease_seconds=s.lease_seconds, max_attempts=s.max_attempts, retry_backoff_seconds=s.retry_backoff_seconds,
-            pause_seconds=s.bot_pause_after_human_seconds, metrics=self.metrics,
+            pause_seconds=s.bot_pause_after_human_seconds, metrics=self.metrics, send_grace_seconds=s.send_grace_seconds,
         )
 
     def new_sweeper(self) -> Sweeper:

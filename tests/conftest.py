@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings as _hypothesis_settings
 
 from shared.channels.chatwoot import sign
 from shared.config import BufferTiming, Settings
@@ -125,3 +127,10 @@ async def bot(settings: Settings) -> AsyncIterator[Bot]:
     bot = Bot(Runtime(settings))
     yield bot
     await bot.close()
+
+
+# Hypothesis: the same examples on every CI run (a failure found by chance locally is then kept in
+# the test as an @example); random exploration everywhere else.
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")

@@ -97,8 +97,9 @@ class PostgresConnector:
                 # names of what refused it are identifiers, kept for the operator.
                 names = ", ".join(f"{kind} {name}" for kind in ("table", "column", "constraint")
                                   if (name := getattr(exc, f"{kind}_name", None)))
+                # `from None`: a logged traceback would otherwise print asyncpg's own error, DETAIL and all.
                 raise StoreError(f"{function}: {exc.sqlstate} {redacted(str(exc))}" + (f" ({names})" if names else ""),
-                                 code=exc.sqlstate) from exc
+                                 code=exc.sqlstate) from None
             except _RETRYABLE as exc:
                 if attempt == 2:
                     raise StoreUnavailable(f"{function}: database unreachable: {exc}") from exc

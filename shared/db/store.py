@@ -135,8 +135,9 @@ class BufferStore:
 
     async def fence_reply(self, buffer: ClaimedBuffer, lease_seconds: float, *, model_called: bool = False,
                           decision: Reply | None = None) -> str:
-        """Right before sending: send, lease_lost, cancelled (the bot was paused) or merged (the
-        customer wrote again: the draft is discarded and the burst waits again). `model_called`:
+        """Right before sending: send, sent (the reply left already: do the rest without posting),
+        lease_lost, cancelled (the bot was paused) or merged (the customer wrote again: the draft is
+        discarded and the burst waits again). `model_called`:
         this attempt's decision came from a model call (counted in model_calls). On send, the
         `decision` is stored and the burst marked as being sent, before anything is posted."""
         rows = await self._connector.call(
@@ -176,13 +177,14 @@ class BufferStore:
     async def fail_buffer(
         self, buffer: ClaimedBuffer, error: str, *, max_attempts: int, backoff_seconds: float,
         reply_draft: str | Reply | None = None, model_called: bool = False, retry_after: float | None = None,
-        reply_left: bool = False,
+        delivery: str = "none", send_grace_seconds: float = 0,
     ) -> str | None:
         """Record a failed attempt; returns the new status ('processing' = will retry, 'failed').
         A decision already taken is kept for the retry; `model_called`: a model call of this
         attempt the fence did not count yet; `retry_after`: told to slow down (a 429), the burst
-        waits that long and the attempt is not counted; `reply_left`: the post had succeeded and a
-        later step failed, so a retry must not post it again."""
+        waits that long and the attempt is not counted; `delivery`: what became of the reply's post,
+        none (never began, or refused), unknown (it may have arrived: the retry waits
+        `send_grace_seconds` for Chatwoot's echo) or left (a retry must not post it again)."""
         draft = Reply(reply_draft) if isinstance(reply_draft, str) else reply_draft
         rows = await self._connector.call(
             "fail_buffer",
@@ -196,7 +198,8 @@ class BufferStore:
                 "p_handoff_reason": draft.handoff_reason if draft else None,
                 "p_model_called": model_called,
                 "p_retry_after_seconds": retry_after,
-                "p_reply_left": reply_left,
+                "p_delivery": delivery,
+                "p_send_grace_seconds": send_grace_seconds,
             },
         )
         return rows[0]["status"] if rows else None

@@ -58,7 +58,7 @@ class SupabaseConnector:
             response = await self._get_client().rpc(function, body).execute()
         except APIError as exc:
             # Details are left out and the message redacted: either may quote the refused row.
-            raise StoreError(f"{function}: {exc.code} {redacted(str(exc.message))}", code=exc.code) from exc
+            raise StoreError(f"{function}: {exc.code} {redacted(str(exc.message))}", code=exc.code) from None
         except Exception as exc:  # the HTTP layer: timeouts, refused connections, bad gateways
             raise StoreUnavailable(f"{function}: Supabase unreachable: {type(exc).__name__}: {exc}") from exc
         data = response.data

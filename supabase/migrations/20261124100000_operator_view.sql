@@ -23,6 +23,15 @@ alter table public.message_buffer
     add column model_calls     integer not null default 0,  -- replies the model wrote for this burst (drafts included)
     add column attempt_errors  jsonb not null default '[]'::jsonb;  -- every failed attempt: {attempt, at, error}
 
+alter table public.message_buffer  -- filled by 20261124200000 (exactly-once delivery)
+    add column sending_since        timestamptz,  -- the reply's post began; cleared when it failed for sure
+    add column platform_message_id  text;         -- the channel's id of the reply (Chatwoot's message id)
+
+comment on column public.message_buffer.sending_since is
+    'When the post of the reply began. Set and no reply_sent_at: it may have left; a reclaim waits for the echo before posting again.';
+comment on column public.message_buffer.platform_message_id is
+    'The reply''s id on the channel (Chatwoot''s message id), from the post''s answer or its echo.';
+
 comment on column public.message_buffer.model_calls is
     'Model calls that produced a decision for this burst, discarded drafts included (a retry that reuses a draft calls nothing).';
 comment on column public.message_buffer.attempt_errors is
@@ -72,7 +81,8 @@ as $$
         'outcome', b.outcome, 'handoff_reason', b.handoff_reason, 'cancel_reason', b.cancel_reason,
         'discarded_drafts', b.discarded_drafts, 'model_calls', b.model_calls,
         'created_at', b.created_at, 'completed_at', b.completed_at, 'cancelled_at', b.cancelled_at,
-        'reply_sent_at', b.reply_sent_at);
+        'reply_sent_at', b.reply_sent_at, 'sending_since', b.sending_since,
+        'platform_message_id', b.platform_message_id);
 $$;
 
 -- The numbers at the top of the inspector and of `chatbuffer status`, per channel and in total.
@@ -358,6 +368,8 @@ begin
            set due_at = least(b.due_at, now())
          where b.channel = p_channel and b.account_id = p_account_id and b.conversation_id = p_conversation_id
            and (b.status = 'active' or (b.status = 'processing' and b.lease_token is null))
+           -- not one whose reply may have left: it waits for Chatwoot's echo (20261124200000)
+           and not (b.sending_since is not null and b.reply_sent_at is null)
         returning b.id
     )
     select min(due.id) into buf_id from due;

@@ -15,14 +15,7 @@
 --                 and a burst whose echo came is completed without posting again.
 -- A failure caught while posting (Chatwoot answered an error) clears sending_since: nothing left.
 
-alter table public.message_buffer
-    add column sending_since        timestamptz,  -- the reply's post began; cleared when it failed for sure
-    add column platform_message_id  text;         -- the channel's id of the reply (Chatwoot's message id)
-
-comment on column public.message_buffer.sending_since is
-    'When the post of the reply began. Set and no reply_sent_at: it may have left; a reclaim waits for the echo before posting again.';
-comment on column public.message_buffer.platform_message_id is
-    'The reply''s id on the channel (Chatwoot''s message id), from the post''s answer or its echo.';
+-- sending_since and platform_message_id are added by 20261124100000 (its admin views show them).
 
 -- --- attempts that did not succeed --------------------------------------------------------------
 
@@ -30,9 +23,11 @@ comment on column public.message_buffer.platform_message_id is
 -- model call the fence did not count (p_model_called: the attempt failed between the model and the
 -- fence), and takes p_retry_after_seconds for rate limits: when it is given, the
 -- burst is due again after it, the attempt is given back (so it never ends `failed` for it), and
--- the entry in attempt_errors says `deferred`. A caught failure clears sending_since: the post
--- failed (or never began), so a retry posts again at once; unless p_reply_left says the post had
--- succeeded and a later step failed: then the reply is marked sent, and a retry never posts it again.
+-- the entry in attempt_errors says `deferred`. p_delivery says what became of the reply's post:
+--   none     never began, or refused (a 4xx): sending_since is cleared, a retry posts at once;
+--   unknown  no answer, or a 5xx: it may have arrived, so the retry waits p_send_grace_seconds from
+--            the post for Chatwoot's echo (which marks it sent) before posting again;
+--   left     it succeeded and a later step failed: the reply is marked sent, never posted again.
 
 drop function public.fail_buffer(bigint, uuid, text, integer, numeric, text, text);
 
@@ -40,7 +35,7 @@ create function public.fail_buffer(
     p_buffer_id bigint, p_lease_token uuid, p_error text, p_max_attempts integer,
     p_backoff_seconds numeric, p_reply_draft text default null, p_handoff_reason text default null,
     p_model_called boolean default false, p_retry_after_seconds numeric default null,
-    p_reply_left boolean default false)
+    p_delivery text default 'none', p_send_grace_seconds numeric default 0)
 returns table (status text, due_at timestamptz)
 language sql
 set search_path = ''
@@ -48,9 +43,13 @@ as $$
     update public.message_buffer b
        set status = case when p_retry_after_seconds is null and b.attempts >= p_max_attempts then 'failed'
                          else 'processing' end,
-           due_at = now() + make_interval(secs => least(
-                       case when p_retry_after_seconds is not null then greatest(p_retry_after_seconds, 0)
-                            else p_backoff_seconds * power(2, greatest(b.attempts - 1, 0)) end, 3600)::double precision),
+           due_at = greatest(
+                       now() + make_interval(secs => least(
+                           case when p_retry_after_seconds is not null then greatest(p_retry_after_seconds, 0)
+                                else p_backoff_seconds * power(2, greatest(b.attempts - 1, 0)) end, 3600)::double precision),
+                       -- the post may have arrived: its echo gets the grace before anything is posted again
+                       case when p_delivery = 'unknown' and b.sending_since is not null
+                            then b.sending_since + make_interval(secs => p_send_grace_seconds::double precision) end),
            attempts = case when p_retry_after_seconds is null then b.attempts else greatest(b.attempts - 1, 0) end,
            last_error = left(p_error, 2000),
            attempt_errors = b.attempt_errors || jsonb_build_object(
@@ -59,17 +58,16 @@ as $$
            model_calls = b.model_calls + case when p_model_called then 1 else 0 end,
            reply_content = coalesce(p_reply_draft, b.reply_content),
            handoff_reason = coalesce(p_handoff_reason, b.handoff_reason),
-           -- p_reply_left: the post had succeeded (a later step failed): a retry must not post again.
-           reply_sent_at = case when p_reply_left then coalesce(b.reply_sent_at, now()) else b.reply_sent_at end,
-           sending_since = case when p_reply_left then b.sending_since end,
+           reply_sent_at = case when p_delivery = 'left' then coalesce(b.reply_sent_at, now()) else b.reply_sent_at end,
+           sending_since = case when p_delivery in ('left', 'unknown') then b.sending_since end,
            lease_token = null, lease_expires_at = null
      where b.id = p_buffer_id and b.lease_token = p_lease_token and b.status = 'processing'
     returning b.status, b.due_at;
 $$;
 
-revoke execute on function public.fail_buffer(bigint, uuid, text, integer, numeric, text, text, boolean, numeric, boolean)
+revoke execute on function public.fail_buffer(bigint, uuid, text, integer, numeric, text, text, boolean, numeric, text, numeric)
     from public, anon, authenticated;
-grant execute on function public.fail_buffer(bigint, uuid, text, integer, numeric, text, text, boolean, numeric, boolean)
+grant execute on function public.fail_buffer(bigint, uuid, text, integer, numeric, text, text, boolean, numeric, text, numeric)
     to service_role;
 
 -- --- a reply delivered exactly once --------------------------------------------------------------
@@ -80,7 +78,9 @@ drop function public.fence_reply(bigint, uuid, numeric, jsonb);
 --   * it counts the model call that wrote the draft (p_model_called: this attempt called the model,
 --     rather than reusing a draft an earlier attempt kept) in model_calls, whatever the verdict;
 --   * on `send` the decision is stored (the draft a retry reuses) and sending_since stamped, in the
---     same statement, before anything is posted.
+--     same statement, before anything is posted;
+--   * a new verdict, `sent`: the reply has left already (Chatwoot's echo said so, or a hand-off is
+--     being retried), so nothing is posted again.
 create function public.fence_reply(
     p_buffer_id bigint, p_lease_token uuid, p_lease_seconds numeric, p_defaults jsonb,
     p_model_called boolean default false, p_reply_draft text default null, p_handoff_reason text default null)
@@ -166,7 +166,9 @@ begin
            handoff_reason = coalesce(p_handoff_reason, x.handoff_reason),
            sending_since = now()
      where x.id = b.id;
-    return query select 'send';
+    -- `sent`: the reply left already (an echo came, or a hand-off is being retried): do the rest
+    -- without posting it again. Read here, under the lock, not at the claim.
+    return query select case when b.reply_sent_at is not null then 'sent' else 'send' end;
 end;
 $$;
 
@@ -236,6 +238,7 @@ set search_path = ''
 as $$
     update public.message_buffer b
        set status = case when b.attempts >= p_max_attempts and (b.sending_since is null or b.reply_sent_at is not null)
+                              or b.attempts >= 2 * p_max_attempts  -- every attempt dies while posting: stop
                          then 'failed' else 'processing' end,
            due_at = case when b.sending_since is not null and b.reply_sent_at is null
                          then greatest(now(), b.sending_since + make_interval(secs => p_send_grace_seconds::double precision))

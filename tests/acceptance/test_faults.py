@@ -39,14 +39,16 @@ def post(url: str, payload: dict[str, Any]) -> tuple[int, float]:
     return status, time.monotonic() - started
 
 
-def wait_for_all_answered(dsn: str, timeout: float = 30) -> None:
-    """The windows end and the in-process sweeper answers every burst."""
+def wait_for_all_answered(dsn: str, timeout: float = 40) -> None:
+    """The windows end and the in-process sweeper answers every burst (a burst caught in flight by
+    the outage waits out its lease, and its send grace if its post may have arrived)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         waiting = asyncio.run(fetch(dsn, "select count(*) as n from public.message_buffer where status <> 'completed'"))
         if waiting[0]["n"] == 0:
             return
         time.sleep(0.2)
+    raise AssertionError(f"bursts still unanswered after {timeout} s")
 
 
 def test_the_webhook_answers_500_while_the_database_is_down_and_recovers_by_itself(far_side: FarSide) -> None:
@@ -87,7 +89,7 @@ def test_the_webhook_answers_500_while_the_database_is_down_and_recovers_by_itse
         assert statuses <= {200, 500}, statuses  # never a timeout or a 502/503/504
         assert len(refused) >= 5, sent  # the database was down for 3 s of 10 messages a second
         assert max(took for *_, status, took in sent if status == 500) < 2  # at once, well within Chatwoot's 5 s
-        assert [s for _, at, s, _ in sent if at > 6.2] and all(s == 200 for _, at, s, _ in sent if at > 6.2)
+        assert [s for _, at, s, _ in sent if at > 6.5] and all(s == 200 for _, at, s, _ in sent if at > 6.5)
         stored = asyncio.run(fetch(pg.dsn, "select external_id from public.buffered_messages"))
         assert sorted(int(r["external_id"]) for r in stored) == sorted(m[0] for m in sent)  # nothing lost
         rows = asyncio.run(buffers(pg.dsn))
@@ -178,7 +180,7 @@ async def test_without_an_echo_the_reply_is_posted_again_only_after_the_grace(
     from the post, then posts the stored draft again, without another model call."""
     assert await bot.status_of(incoming(1, "Hola")) == "buffered"
     await make_due(database_url)
-    env = sweeper_env(database_url, far_side, send_grace_seconds=6)
+    env = sweeper_env(database_url, far_side, send_grace_seconds=15)
     sweeper = await sweep_in_a_process(env)
     far_side.kill_on_reply = sweeper.pid
     await asyncio.to_thread(sweeper.wait, 30)
@@ -187,7 +189,7 @@ async def test_without_an_echo_the_reply_is_posted_again_only_after_the_grace(
     early = subprocess.run([sys.executable, "-m", "shared.cli", "sweep", "--once"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
     assert "nothing due" in early.stdout and len(far_side.public_replies()) == 1
-    await asyncio.sleep(max(0, 6.3 - (time.monotonic() - posted_at)))
+    await asyncio.sleep(max(0, 15.3 - (time.monotonic() - posted_at)))
     late = subprocess.run([sys.executable, "-m", "shared.cli", "sweep", "--once"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert "completed" in late.stdout, late.stdout + late.stderr

@@ -122,7 +122,7 @@ def test_sweeper_stops_claiming_when_the_timeout_is_near(sweeper: Any, far_side:
         await make_due(database_url)
 
     run(arrange())
-    # 60 s left is less than the room a claimed buffer may need (4 model timeouts + 15 s).
+    # 60 s left is less than the room a claimed buffer may need (4 model timeouts + 19 s).
     assert sweeper.handler(scheduled_event(), LambdaContext(60)) == {"outcomes": {}}
     assert far_side.replies == [] and run(buffers(database_url))[0]["status"] == "active"
 
@@ -226,4 +226,4 @@ async def test_a_loop_no_webhook_can_wake_still_answers_a_new_burst_on_time(sett
     await loop
     for runtime in (sweeper_side, webhook_side):
         await runtime.close()
-    assert far_side.replies and answered_after < 1.5, answered_after  # window 0.5 s (+ at most one more)
+    assert far_side.replies and answered_after < 2.5, answered_after  # window 0.5 s, not the 10 s interval

@@ -70,3 +70,27 @@ async def test_one_process_keeps_under_its_chatwoot_budget(far_side: FarSide) ->
     assert len(far_side.typing) == 13
     assert 2.5 <= elapsed < 8, elapsed
     assert far_side.typing[9]["at"] - far_side.typing[0]["at"] < 1  # the burst allowance
+
+
+async def test_a_post_answered_by_a_gateway_timeout_waits_for_the_echo_and_is_not_posted_twice(
+        bot: Bot, far_side: FarSide, database_url: str) -> None:
+    """A 504 says nothing of whether the reply arrived (here it did): the retry waits the send grace
+    for Chatwoot's echo, which marks it sent; the next attempt completes it without posting."""
+    from tests.conftest import chatwoot_fixture
+
+    assert await bot.status_of(incoming(1, "Hola")) == "buffered"
+    far_side.gateway_errors_after_reply = 1
+    await make_due(database_url)
+    assert await bot.sweep() == {"retry": 1}
+    (row,) = await buffers(database_url)
+    assert row["sending_since"] is not None
+    assert (row["due_at"] - row["sending_since"]).total_seconds() >= 119  # SEND_GRACE_SECONDS, not the 0.1 s backoff
+    (reply,) = far_side.public_replies()
+    echo = chatwoot_fixture("message_created_outgoing_agent_bot")
+    echo.update(id=4242, content=reply["body"]["content"], content_attributes=reply["body"]["content_attributes"])
+    assert (await bot.post(echo)).json() == {"status": "echo recorded"}
+    await make_due(database_url)
+    assert await bot.sweep() == {"completed": 1}
+    assert len(far_side.public_replies()) == 1
+    (row,) = await buffers(database_url)
+    assert (row["status"], row["platform_message_id"], row["model_calls"]) == ("completed", "4242", 1)

@@ -60,6 +60,7 @@ class FarSide:
     echo_to: str | None = None
     echo_secret: str = ""
     kill_on_reply: int | None = None  # SIGKILL this process once a reply has been received
+    gateway_errors_after_reply: int = 0  # the next N replies arrive, but the answer is a 504
     # Structured Outputs: "json" (supported), "reject" (400, like a server without them), "ignore"
     # (plain text, as if response_format were not there) or "fenced" (not enforced, and the model
     # writes the JSON in a Markdown code fence anyway).
@@ -83,6 +84,7 @@ class FarSide:
             self.retry_after = "1"
             self.echo_to = None
             self.kill_on_reply = None
+            self.gateway_errors_after_reply = 0
             self.openai_latency = self.chatwoot_latency = 0
             self.structured = "json"
 
@@ -207,6 +209,8 @@ class FarSide:
             victim, self.kill_on_reply = self.kill_on_reply, None
         if victim:  # the reply reached "Chatwoot"; its sender dies before hearing back
             os.kill(victim, signal.SIGKILL)
+        if self._take_failure("gateway_errors_after_reply"):  # it arrived; the answer got lost on the way
+            return JSONResponse({"error": "gateway timeout"}, status_code=504)
         if self.echo_to:
             asyncio.get_running_loop().create_task(self._echo(request.path_params, body, message_id))
         return JSONResponse({"id": message_id, "content": body.get("content")})
@@ -222,7 +226,7 @@ class FarSide:
             "account": {"id": int(where["account"])}, "sender": {"id": 7, "type": "agent_bot"},
             "conversation": {"id": int(where["conversation"]), "status": "pending"},
         }).encode()
-        for _ in range(10):  # Chatwoot retries an agent bot's webhook on 500
+        for attempt in range(3):  # Chatwoot retries an agent bot's webhook on 429 and 500: 3 attempts, 3 s apart
             timestamp = str(int(time.time()))
             headers = {"content-type": "application/json", "x-chatwoot-timestamp": timestamp,
                        "x-chatwoot-signature": sign(self.echo_secret, timestamp, payload)}
@@ -230,7 +234,7 @@ class FarSide:
                 async with httpx.AsyncClient(timeout=5) as client:
                     if (await client.post(self.echo_to, content=payload, headers=headers)).status_code == 200:
                         return
-            await asyncio.sleep(1)
+            await asyncio.sleep(3)
 
     async def chatwoot_typing(self, request: Request) -> JSONResponse:
         body = await request.json()
