@@ -205,7 +205,7 @@ def mount_admin(app: FastAPI, runtime: Runtime, wake_sweeper: Callable[[list[int
     """The inspector page, its assets, and the admin API."""
     app.include_router(admin_router(runtime, wake_sweeper))
     app.add_route("/admin", static_page("admin.html"), methods=["GET"])
-    for asset in ("admin.css", "admin.js", "common.css"):
+    for asset in ("admin.css", "admin.js", "common.css", "common.js"):
         app.add_route(f"/admin/assets/{asset}", static_page(asset), methods=["GET"])
 
 

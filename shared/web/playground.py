@@ -105,7 +105,7 @@ def mount_playground(app: FastAPI, runtime: Runtime) -> None:
                                    else runtime.settings.openai_model})
 
     app.add_route("/playground", static_page("playground.html"), methods=["GET"])
-    for asset in ("playground.css", "playground.js", "common.css"):
+    for asset in ("playground.css", "playground.js", "common.css", "common.js"):
         app.add_route(f"/playground/assets/{asset}", static_page(asset), methods=["GET"])
     app.add_route("/playground/api/messages", send, methods=["POST"])
     app.add_route("/playground/api/conversations/{conversation_id}", conversation, methods=["GET"])

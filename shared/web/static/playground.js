@@ -24,30 +24,7 @@
     firstRender: true,
   };
 
-  const $ = (id) => document.getElementById(id);
-
-  function el(tag, props = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props)) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === 'class') node.className = value;
-      else if (key === 'text') node.textContent = String(value);
-      else if (key === 'data') for (const [k, v] of Object.entries(value)) { if (v != null) node.dataset[k] = String(v); }
-      else if (key === 'on') for (const [k, fn] of Object.entries(value)) node.addEventListener(k, fn);
-      else node.setAttribute(key, value === true ? '' : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
-
-  /** Postgres times carry microseconds; keep milliseconds so every browser parses them. */
-  function parseTime(iso) {
-    if (!iso) return NaN;
-    return Date.parse(String(iso).replace(/\.(\d+)/, (_, f) => '.' + (f + '00').slice(0, 3)));
-  }
+  const { $, el, parseTime } = window.chatbufferPage;  // common.js
   const serverNow = () => Date.now() + state.offset;
   const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
   const dayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: 'numeric', minute: '2-digit' });
