@@ -211,9 +211,10 @@ class BufferProcessor:
 
     async def _defer(self, buffer: ClaimedBuffer, wait: float, error: str, reply: Reply | None, *,
                      model_called: bool, delivery: str) -> str:
-        """A 429: back in `wait` seconds, as the server asked, and the attempt is not counted."""
+        """A 429: back in `wait` seconds, as the server asked; the attempt is not counted in the
+        burst's first hour (after that the refusals are an outage, and the burst can end failed)."""
         try:
-            await self._store.fail_buffer(buffer, f"rate limited, retrying in {wait:.0f} s: {error}",
+            status = await self._store.fail_buffer(buffer, f"rate limited, retrying in {wait:.0f} s: {error}",
                                           max_attempts=self._max_attempts, backoff_seconds=self._backoff,
                                           reply_draft=reply, model_called=model_called, retry_after=wait,
                                           delivery=delivery, send_grace_seconds=self._send_grace_seconds)
@@ -221,8 +222,11 @@ class BufferProcessor:
             log.exception("buffer %s: could not record the rate limit (%s)", buffer.buffer_id, error)
             return "retry"
         self._metrics.count("RateLimited")
-        log.warning("buffer %s rate limited, retrying in %.0f s (not counted as an attempt): %s",
-                    buffer.buffer_id, wait, error)
+        if status == "failed":
+            self._metrics.count("BurstsFailed")
+            log.error("buffer %s failed for good: still rate limited after its first hour: %s", buffer.buffer_id, error)
+            return "failed"
+        log.warning("buffer %s rate limited, retrying in %.0f s: %s", buffer.buffer_id, wait, error)
         return "deferred"
 
     async def _typing(self, buffer: ClaimedBuffer, on: bool) -> None:

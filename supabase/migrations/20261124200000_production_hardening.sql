@@ -21,7 +21,8 @@
 
 -- fail_buffer, as in 20261124000000, keeps every failed attempt's error in attempt_errors, counts a
 -- model call the fence did not count (p_model_called: the attempt failed between the model and the
--- fence), and takes p_retry_after_seconds for rate limits: when it is given, the
+-- fence), and takes p_retry_after_seconds for rate limits (for the burst's first hour; a provider
+-- still refusing after that is an outage, and the attempts count so it ends `failed`, visibly): when it is given, the
 -- burst is due again after it, the attempt is given back (so it never ends `failed` for it), and
 -- the entry in attempt_errors says `deferred`. p_delivery says what became of the reply's post:
 --   none     never began, or refused (a 4xx): sending_since is cleared, a retry posts at once;
@@ -40,8 +41,12 @@ returns table (status text, due_at timestamptz)
 language sql
 set search_path = ''
 as $$
+    with told as (  -- a Retry-After is forgiven for the burst's first hour, then counts like any failure
+        select p_retry_after_seconds is not null and b.first_message_at > now() - interval '1 hour' as forgiven
+          from public.message_buffer b where b.id = p_buffer_id
+    )
     update public.message_buffer b
-       set status = case when p_retry_after_seconds is null and b.attempts >= p_max_attempts then 'failed'
+       set status = case when not told.forgiven and b.attempts >= p_max_attempts then 'failed'
                          else 'processing' end,
            due_at = greatest(
                        now() + make_interval(secs => least(
@@ -50,7 +55,7 @@ as $$
                        -- the post may have arrived: its echo gets the grace before anything is posted again
                        case when p_delivery = 'unknown' and b.sending_since is not null
                             then b.sending_since + make_interval(secs => p_send_grace_seconds::double precision) end),
-           attempts = case when p_retry_after_seconds is null then b.attempts else greatest(b.attempts - 1, 0) end,
+           attempts = case when told.forgiven then greatest(b.attempts - 1, 0) else b.attempts end,
            last_error = left(p_error, 2000),
            attempt_errors = b.attempt_errors || jsonb_build_object(
                                'attempt', b.attempts, 'at', now(), 'error', left(p_error, 2000),
@@ -61,6 +66,7 @@ as $$
            reply_sent_at = case when p_delivery = 'left' then coalesce(b.reply_sent_at, now()) else b.reply_sent_at end,
            sending_since = case when p_delivery in ('left', 'unknown') then b.sending_since end,
            lease_token = null, lease_expires_at = null
+      from told
      where b.id = p_buffer_id and b.lease_token = p_lease_token and b.status = 'processing'
     returning b.status, b.due_at;
 $$;
@@ -272,6 +278,29 @@ begin
     returning case when b.status = 'completed' then 'known' else 'recorded' end into state;
     return query select coalesce(state, 'unknown');
 end;
+$$;
+
+-- --- the sweeper's sleep ---------------------------------------------------------------------------
+
+-- As in 20261123000000, counting only what a claim could take: a conversation's newer burst waits
+-- for its older one (replies keep their order), so its due time is not a reason to wake. Counting
+-- it made a sweeper spin, claiming nothing, for as long as the older burst was being answered or
+-- waited out a backoff, a Retry-After or a send grace.
+create or replace function public.seconds_until_next_due()
+returns table (seconds double precision)
+language sql stable
+set search_path = ''
+as $$
+    -- greatest() skips nulls, so "nothing waiting" (min is null) stays null.
+    select greatest(extract(epoch from min(b.due_at) - now()), 0)::double precision
+      from public.message_buffer b
+     where b.status in ('active', 'processing') and (b.status = 'active' or b.lease_token is null)
+       and not exists (
+           select 1 from public.message_buffer older
+            where older.channel = b.channel and older.account_id = b.account_id
+              and older.conversation_id = b.conversation_id
+              and older.status in ('active', 'processing') and older.id < b.id)
+    having min(b.due_at) is not null;
 $$;
 
 do $$

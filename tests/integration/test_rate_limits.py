@@ -94,3 +94,19 @@ async def test_a_post_answered_by_a_gateway_timeout_waits_for_the_echo_and_is_no
     assert len(far_side.public_replies()) == 1
     (row,) = await buffers(database_url)
     assert (row["status"], row["platform_message_id"], row["model_calls"]) == ("completed", "4242", 1)
+
+
+async def test_a_rate_limit_that_lasts_past_the_first_hour_counts_and_ends_failed(
+        bot: Bot, far_side: FarSide, database_url: str) -> None:
+    from tests.support.sql import execute
+
+    assert await bot.status_of(incoming(1, "Hola")) == "buffered"
+    await execute(database_url, "update public.message_buffer set first_message_at = now() - interval '2 hours'")
+    far_side.throttle_replies = 10
+    outcomes = []
+    for _ in range(3):  # MAX_ATTEMPTS in the tests
+        await make_due(database_url)
+        outcomes.append(await bot.sweep())
+    (row,) = await buffers(database_url)
+    assert row["status"] == "failed" and "rate limited" in row["last_error"], outcomes
+    assert outcomes[-1] == {"failed": 1}  # visible: the failed-bursts alarm and the inspector see it

@@ -381,3 +381,17 @@ async def test_an_edit_keeps_a_transcript_of_the_same_file(store: BufferStore, d
     assert await store.edit_waiting_message(MessageEdit("chatwoot", "3", "v1", None, (other_file,))) == "updated"
     (row,) = await fetch(database_url, "select attachments from public.buffered_messages where external_id = 'v1'")
     assert json.loads(row["attachments"]) == [other_file]
+
+
+async def test_the_next_due_time_counts_only_bursts_a_claim_could_take(store: BufferStore, database_url: str) -> None:
+    """A newer burst waits for its conversation's older one: its due time must not wake a sweeper
+    that could claim nothing (it would spin for as long as the older one waits to retry)."""
+    await store.ingest(msg("m1"))
+    await make_due(database_url)
+    (older,) = await store.claim_due_buffers(10, 30)
+    await store.fail_buffer(older, "boom", max_attempts=5, backoff_seconds=3600)  # waits an hour to retry
+    await store.ingest(msg("m2"))  # opens the conversation's next burst
+    await make_due(database_url, (await buffers(database_url))[-1]["id"])
+    assert await store.claim_due_buffers(10, 30) == []  # it waits for the older one
+    seconds = await store.seconds_until_next_due()
+    assert seconds is not None and seconds > 3000, seconds
