@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from typing import Any, Iterator
 
-import pytest
+from tests.support.packages import debian_package
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--no-first-run", "--no-default-browser-check"]
@@ -20,20 +19,8 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
-
-
 def require_chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test the pages in a real browser: apt-get install chromium (.ci/run does)")
-        pytest.skip("no Chromium here (apt-get install chromium); the pages are tested in CI")
-    return path
+    return debian_package("chromium", os.environ.get("CHROMIUM"), "/usr/bin/chromium", tested="the pages")
 
 
 @contextlib.contextmanager

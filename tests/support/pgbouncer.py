@@ -19,24 +19,11 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-
 from tests.support.far_side import free_port
-
-PGBOUNCER = "/usr/sbin/pgbouncer"
-
-
-def pgbouncer_path() -> str | None:
-    return PGBOUNCER if os.path.exists(PGBOUNCER) else shutil.which("pgbouncer")
-
+from tests.support.packages import debian_package
 
 def require_pgbouncer() -> str:
-    path = pgbouncer_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test the transaction pooler: apt-get install pgbouncer (.ci/run does)")
-        pytest.skip("no PgBouncer here (apt-get install pgbouncer); the pooler is tested in CI")
-    return path
+    return debian_package("pgbouncer", "/usr/sbin/pgbouncer", tested="the transaction pooler")
 
 
 def _upstream(server_dsn: str) -> tuple[str, int, str | None]:
