@@ -4,32 +4,20 @@ chatbuffer waits until a customer goes quiet and then answers the whole burst wi
 This benchmark replays the same seeded traffic through chatbuffer's rule and through the rules of
 the seed projects, and counts how often each one answers a customer's turn with exactly one call.
 
-Traffic model (also returned as ``run()["model"]``)
--------------------------------------------------
-* Many independent conversations; nothing one conversation does affects another.
-* Each conversation starts at a uniform random time within one day (absolute time only matters
-  for the fixed wall-clock windows) and is a sequence of *true bursts*: the ground truth of
-  what the customer meant as one turn. Bursts per conversation: geometric on 1, 2, 3, ...
-  with mean 5.
-* Burst size: geometric on 1, 2, 3, ... with mean 3 (p = 1/3), so a third of all bursts are a
-  lone message.
-* Gap between two messages of one burst: lognormal, median 3 s, sigma 1. Heavy-tailed: about
-  5 % of these gaps are longer than 15 s and about 1 % longer than 30 s (someone typing a long
-  message, or looking something up mid-turn).
-* Gap between two bursts: 60 s + exponential with mean 540 s, so never under 60 s, mean 10 min.
-* The traffic is open-loop: customers do not react to replies or to missing replies.
-* Answering takes ``GENERATION_S`` (4 s): from the moment a burst is taken to be answered to the
-  moment its reply is sent (the model call, with any voice note or image, and the post). Messages
-  keep arriving meanwhile.
-* One ``random.Random(seed)`` draws everything in a fixed order, so a seed gives the same
-  numbers on every run and every machine.
+Traffic (bench/traffic.py)
+--------------------------
+Two seeded shapes, ``phone`` (§5's traffic: gaps inside a turn median 3 s) and ``desk`` (slower
+typists, median 30 s), each message with a text drawn from what it is in its turn; or any chat
+log given as a CSV trace (``--trace FILE.csv``). Answering takes ``GENERATION_S`` (4 s): from the
+moment a burst is taken to be answered to the moment its reply is sent (the model call, with any
+voice note or image, and the post). Messages keep arriving meanwhile (open loop).
 
 Policies
 --------
-Each policy maps one conversation's arrival times to a list of LLM calls; a call is the time it
-fires and the set of message indices it answers.
+Each policy maps one conversation to a list of LLM calls; a call is the time it fires and the set
+of message indices it answers.
 
-* ``chatbuffer``: a sliding quiet window of 30 s after the buffer's last message, capped at 300 s
+* ``chatbuffer (fixed 30 s, the default)``: a sliding quiet window of 30 s after the buffer's last message, capped at 300 s
   after its first message, and due at once when the buffer holds 50 messages. A message joins
   the open buffer only if it arrives before the buffer is due; otherwise it opens a new buffer
   (as the project's ingest does). The call fires exactly at the due time: the project's sweeper
@@ -39,6 +27,9 @@ fires and the set of message indices it answers.
   window; unless the burst's first message is 300 s old or the merge would pass 50 messages,
   then the draft is sent and the newer messages are the next burst (``fence_reply`` in SQL).
   A conversation's next burst is answered only after the previous one's reply has left.
+* ``chatbuffer (adaptive)``: the same fence and caps, with the wait after each message chosen from
+  its text and the customer's pace (``BUFFER_POLICY=adaptive``; its decisions come from
+  bench/adaptive.py, the SQL's twin, held to it by tests/integration/test_end_of_turn.py).
 * ``seed-000 debounce 4s``: cancel-and-reschedule debounce of 4 s, no cap.
 * ``seed-002 fixed 15s windows``: cron-style batches. Messages are grouped by fixed 15 s windows
   of absolute time (boundaries at multiples of 15 s; a message exactly on a boundary belongs
@@ -67,107 +58,40 @@ Metrics (per policy, summed over all conversations)
   ``mean_reply_delay_s`` is the mean; ``p95_reply_delay_s`` the 95th percentile by nearest
   rank (the smallest delay that at least 95 % of the delays do not exceed).
 
-The window sweep replays a sliding-window debounce capped at 300 s and fixed wall-clock windows
-for several window sizes, to show the trade-off between reply delay and calls per burst.
+The sweep replays chatbuffer's fenced window and fixed wall-clock windows for several window
+sizes, and the adaptive policy with every wait scaled, to show the trade-off between reply
+delay and calls per burst; the clarity study regenerates the phone traffic with ever clearer text.
 """
 from __future__ import annotations
 
 import math
 import pathlib
-import random
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
 
-SEED = 20240611
+from bench.adaptive import TurnPolicy, next_typical_gap, trace_message, turn_cue, turn_wait_seconds
+from bench.traffic import SEED, Conversation, describe_shape, make_traffic, read_trace
+
 FULL_CONVERSATIONS = 4000
 SMOKE_CONVERSATIONS = 150
-FULL_SWEEP_WINDOWS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+FULL_SWEEP_WINDOWS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 20.0, 25.0, 30.0, 60.0, 120.0)
 SMOKE_SWEEP_WINDOWS_S = (4.0, 30.0)
-SWEEP_CAP_S = 300.0
-
-MEAN_BURSTS_PER_CONVERSATION = 5.0
-MEAN_BURST_SIZE = 3.0
-INTRA_GAP_MEDIAN_S = 3.0
-INTRA_GAP_SIGMA = 1.0
-INTER_GAP_MIN_S = 60.0
-INTER_GAP_MEAN_S = 600.0
-DAY_S = 86_400.0
+FULL_ADAPTIVE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+SMOKE_ADAPTIVE_SCALES = (1.0,)
+CLARITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
+CLARITY_FINISHED_SHARES = (0.07, 0.15, 0.33)
+CLARITY_SCALES = (0.5, 0.75, 1.0, 1.5)
+MAX_AGE_S = 300.0
+MAX_MESSAGES = 50
 GENERATION_S = 4.0
-
-
-# --- traffic ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Conversation:
-    """Arrival times in order, and for each message the index of its true burst."""
-
-    times: tuple[float, ...]
-    burst_of: tuple[int, ...]
-
-    @property
-    def burst_count(self) -> int:
-        return self.burst_of[-1] + 1 if self.burst_of else 0
-
-
-def geometric_at_least_one(rng: random.Random, mean: float) -> int:
-    """1, 2, 3, ... with P(k) = p (1-p)^(k-1), p = 1/mean: lone items are the most common."""
-    success = 1.0 / mean
-    count = 1
-    while rng.random() >= success:
-        count += 1
-    return count
-
-
-def intra_burst_gap(rng: random.Random) -> float:
-    return rng.lognormvariate(math.log(INTRA_GAP_MEDIAN_S), INTRA_GAP_SIGMA)
-
-
-def inter_burst_gap(rng: random.Random) -> float:
-    # Shifted rather than clipped, so the mean stays exactly INTER_GAP_MEAN_S.
-    return INTER_GAP_MIN_S + rng.expovariate(1.0 / (INTER_GAP_MEAN_S - INTER_GAP_MIN_S))
-
-
-def make_conversation(rng: random.Random) -> Conversation:
-    times: list[float] = []
-    burst_of: list[int] = []
-    now = rng.uniform(0.0, DAY_S)
-    for burst in range(geometric_at_least_one(rng, MEAN_BURSTS_PER_CONVERSATION)):
-        if burst:
-            now += inter_burst_gap(rng)
-        for position in range(geometric_at_least_one(rng, MEAN_BURST_SIZE)):
-            if position:
-                now += intra_burst_gap(rng)
-            times.append(now)
-            burst_of.append(burst)
-    return Conversation(tuple(times), tuple(burst_of))
-
-
-def make_traffic(conversations: int, seed: int = SEED) -> list[Conversation]:
-    rng = random.Random(seed)
-    return [make_conversation(rng) for _ in range(conversations)]
-
-
-def describe_model(seed: int, conversations: int) -> dict[str, Any]:
-    return {
-        "description": "independent conversations, each a sequence of true bursts (one customer turn each)",
-        "seed": seed,
-        "conversations": conversations,
-        "conversation_start_s": {"distribution": "uniform", "low": 0.0, "high": DAY_S},
-        "bursts_per_conversation": {"distribution": "geometric on 1,2,3,...", "mean": MEAN_BURSTS_PER_CONVERSATION},
-        "burst_size_messages": {"distribution": "geometric on 1,2,3,...", "mean": MEAN_BURST_SIZE,
-                                "p": 1.0 / MEAN_BURST_SIZE},
-        "intra_burst_gap_s": {"distribution": "lognormal", "median": INTRA_GAP_MEDIAN_S, "sigma": INTRA_GAP_SIGMA},
-        "inter_burst_gap_s": {"distribution": "minimum + exponential", "minimum": INTER_GAP_MIN_S,
-                              "mean": INTER_GAP_MEAN_S},
-        "scheduler_lateness_s": 0.0,
-        "generation_s": GENERATION_S,
-        "closed_loop": False,
-    }
+# Issue 11's goal on the phone traffic, and the fixed window the desk traffic is held against.
+GOAL_CALLS, GOAL_MEAN_S, GOAL_P95_S = 1.05, 10.0, 30.0
+DESK_BASELINE_WINDOW_S = 30.0
 
 
 def observed_traffic(traffic: Sequence[Conversation]) -> dict[str, Any]:
-    """What the seed actually drew, so a reader can check the model against its parameters."""
+    """What was drawn (or read), so a reader can check the traffic against its model."""
     bursts = sum(c.burst_count for c in traffic)
     messages = sum(len(c.times) for c in traffic)
     sizes = [size for c in traffic for size in burst_sizes(c)]
@@ -178,14 +102,17 @@ def observed_traffic(traffic: Sequence[Conversation]) -> dict[str, Any]:
         if same_burst
     )
     return {
+        "conversations": len(traffic),
         "bursts": bursts,
         "messages": messages,
-        "mean_burst_size": round(messages / bursts, 3),
-        "share_of_lone_message_bursts": round(sizes.count(1) / bursts, 3),
-        "largest_burst": max(sizes),
-        "intra_burst_gap_median_s": round(nearest_rank(intra_gaps, 0.5), 3),
-        "share_of_intra_burst_gaps_over_15s": round(sum(g > 15 for g in intra_gaps) / len(intra_gaps), 4),
-        "share_of_intra_burst_gaps_over_30s": round(sum(g > 30 for g in intra_gaps) / len(intra_gaps), 4),
+        "mean_burst_size": round(messages / bursts, 3) if bursts else None,
+        "share_of_lone_message_bursts": round(sizes.count(1) / bursts, 3) if bursts else None,
+        "largest_burst": max(sizes, default=0),
+        "intra_burst_gap_median_s": round(nearest_rank(intra_gaps, 0.5), 3) if intra_gaps else None,
+        "share_of_intra_burst_gaps_over_15s":
+            round(sum(g > 15 for g in intra_gaps) / len(intra_gaps), 4) if intra_gaps else None,
+        "share_of_intra_burst_gaps_over_30s":
+            round(sum(g > 30 for g in intra_gaps) / len(intra_gaps), 4) if intra_gaps else None,
     }
 
 
@@ -216,7 +143,7 @@ class Call:
         return self.fires_at + GENERATION_S
 
 
-Policy = Callable[[Sequence[float]], list[Call]]
+Policy = Callable[[Conversation], list[Call]]
 
 
 def sliding_window(times: Sequence[float], window_s: float, max_age_s: float | None = None,
@@ -249,34 +176,60 @@ def fenced_sliding_window(times: Sequence[float], window_s: float, max_age_s: fl
     """chatbuffer: the sliding window, and the fence before sending (fence_reply in SQL): messages
     that arrived while the reply was being written discard the draft and join the burst, unless the
     burst is past max age or the merge would pass max count."""
+    return fenced_window(times, lambda _index, _gap: window_s, max_age_s, max_messages, generation_s)
 
-    def due(last_at: float, first_at: float, count: int) -> float:
-        return last_at if count >= max_messages else min(last_at + window_s, first_at + max_age_s)
+
+WaitOf = Callable[[int, "float | None"], float]  # (message index, customer's typical gap) -> quiet time
+
+
+def fenced_window(times: Sequence[float], wait_of: WaitOf, max_age_s: float, max_messages: int,
+                  generation_s: float = GENERATION_S) -> list[Call]:
+    """The fenced window with a wait chosen per message. The customer's typical gap is learnt from
+    the gaps inside each burst and carried to the conversation's next burst once it is answered."""
+
+    def due(message: int, first_at: float, count: int, typical: float | None) -> float:
+        if count >= max_messages:
+            return times[message]
+        return min(times[message] + wait_of(message, typical), first_at + max_age_s)
 
     calls: list[Call] = []
     index, busy_until = 0, -math.inf  # the conversation's previous reply leaves at busy_until
+    known_gap: float | None = None    # what the conversation's answered bursts taught
     while index < len(times):
-        first_at = times[index]
+        first_at, typical = times[index], known_gap
         pending, index = [index], index + 1
-        due_at = due(first_at, first_at, 1)
+        due_at = due(pending[0], first_at, 1, typical)
         while True:
             while index < len(times) and times[index] < due_at:
+                typical = next_typical_gap(typical, times[index] - times[pending[-1]])
                 pending.append(index)
-                due_at = due(times[index], first_at, len(pending))
+                due_at = due(index, first_at, len(pending), typical)
                 index += 1
             taken_at = max(due_at, busy_until)
             fence = taken_at + generation_s
             newer = [m for m in range(index, len(times)) if times[m] < fence]
             if newer and fence < first_at + max_age_s and len(pending) + len(newer) <= max_messages:
                 calls.append(Call(taken_at, frozenset(pending), discarded=True))
+                # The newer messages opened a burst of their own, starting from this one's pace; the
+                # fence merges them in at that burst's due time, and this burst keeps its own pace.
+                newer_typical = typical
+                for earlier, later in zip(newer, newer[1:]):
+                    newer_typical = next_typical_gap(newer_typical, times[later] - times[earlier])
                 pending += newer
                 index += len(newer)
-                due_at = max(due(times[newer[-1]], first_at, len(pending)), fence)
+                due_at = max(due(newer[-1], first_at, len(pending), newer_typical), fence)
                 continue
             calls.append(Call(taken_at, frozenset(pending)))
-            busy_until = fence
+            busy_until, known_gap = fence, typical
             break
     return calls
+
+
+def adaptive_window(conversation: Conversation, policy: TurnPolicy = TurnPolicy(), max_age_s: float = MAX_AGE_S,
+                    max_messages: int = MAX_MESSAGES) -> list[Call]:
+    cues = [turn_cue(*trace_message(text)) for text in conversation.texts]
+    return fenced_window(conversation.times, lambda i, gap: turn_wait_seconds(policy, cues[i], gap),
+                         max_age_s, max_messages)
 
 
 def fixed_windows(times: Sequence[float], window_s: float) -> list[Call]:
@@ -300,21 +253,31 @@ def flush_on_arrival(times: Sequence[float], max_pending: int, max_age_s: float)
     return calls
 
 
-CHATBUFFER = "chatbuffer"
+def on_times(policy: Callable[[Sequence[float]], list[Call]]) -> Policy:
+    """A policy that reads only the arrival times."""
+    return lambda conversation: policy(conversation.times)
+
+
+CHATBUFFER = "chatbuffer (fixed 30 s, the default)"
+ADAPTIVE = "chatbuffer (adaptive)"
 POLICIES: dict[str, Policy] = {
-    CHATBUFFER: partial(fenced_sliding_window, window_s=30.0, max_age_s=300.0, max_messages=50),
-    "seed-000 debounce 4s": partial(sliding_window, window_s=4.0),
-    "seed-002 fixed 15s windows": partial(fixed_windows, window_s=15.0),
-    "seed-003 debounce 30s cap 300s": partial(sliding_window, window_s=30.0, max_age_s=300.0),
-    "seed-004 2 messages or 5 s, checked on arrival": partial(flush_on_arrival, max_pending=2, max_age_s=5.0),
+    CHATBUFFER: on_times(partial(fenced_sliding_window, window_s=30.0, max_age_s=MAX_AGE_S,
+                                 max_messages=MAX_MESSAGES)),
+    ADAPTIVE: adaptive_window,
+    "seed-000 debounce 4s": on_times(partial(sliding_window, window_s=4.0)),
+    "seed-002 fixed 15s windows": on_times(partial(fixed_windows, window_s=15.0)),
+    "seed-003 debounce 30s cap 300s": on_times(partial(sliding_window, window_s=30.0, max_age_s=MAX_AGE_S)),
+    "seed-004 2 messages or 5 s, checked on arrival": on_times(partial(flush_on_arrival, max_pending=2,
+                                                                       max_age_s=5.0)),
 }
 
 # Where each named policy sits in the sweep plot, and how it is drawn there.
 POLICY_MARKERS: dict[str, dict[str, Any]] = {
     CHATBUFFER: {"marker": "*", "s": 320, "facecolors": "none", "edgecolors": "black", "linewidths": 1.5},
+    ADAPTIVE: {"marker": "P", "s": 160, "color": "tab:green", "edgecolors": "black", "linewidths": 0.8},
     "seed-000 debounce 4s": {"marker": "X", "s": 110, "color": "tab:red"},
     "seed-002 fixed 15s windows": {"marker": "s", "s": 90, "color": "tab:purple"},
-    "seed-003 debounce 30s cap 300s": {"marker": "D", "s": 45, "color": "tab:green"},
+    "seed-003 debounce 30s cap 300s": {"marker": "D", "s": 45, "color": "tab:olive"},
     "seed-004 2 messages or 5 s, checked on arrival": {"marker": "^", "s": 110, "color": "tab:brown"},
 }
 
@@ -390,7 +353,7 @@ def nearest_rank(sorted_values: Sequence[float], quantile: float) -> float:
 def replay(policy: Policy, traffic: Sequence[Conversation]) -> Tally:
     tally = Tally()
     for conversation in traffic:
-        score_conversation(conversation, policy(conversation.times), tally)
+        score_conversation(conversation, policy(conversation), tally)
     return tally
 
 
@@ -407,6 +370,7 @@ def result_row(name: str, tally: Tally) -> dict[str, Any]:
         "drafts_discarded": tally.drafts_discarded,
         "stale_replies": tally.stale_replies,
         "mean_reply_delay_s": round(mean_delay, 3),
+        "p50_reply_delay_s": round(nearest_rank(delays, 0.5), 3),
         "p95_reply_delay_s": round(nearest_rank(delays, 0.95), 3),
         "bursts": tally.bursts,
         "messages": tally.messages,
@@ -417,41 +381,96 @@ def result_row(name: str, tally: Tally) -> dict[str, Any]:
 
 # --- sweep and plot --------------------------------------------------------------------------
 
+FIXED_FAMILY = "chatbuffer fixed window (cap 300 s)"
+ADAPTIVE_FAMILY = "chatbuffer adaptive, every wait scaled"
 SWEEP_FAMILIES: dict[str, Callable[[float], Policy]] = {
-    f"sliding window, cap {SWEEP_CAP_S:g} s": lambda w: partial(sliding_window, window_s=w, max_age_s=SWEEP_CAP_S),
-    "fixed wall-clock windows": lambda w: partial(fixed_windows, window_s=w),
+    FIXED_FAMILY: lambda w: on_times(partial(
+        fenced_sliding_window, window_s=w, max_age_s=MAX_AGE_S, max_messages=MAX_MESSAGES)),
+    "fixed wall-clock windows": lambda w: on_times(partial(fixed_windows, window_s=w)),
+    ADAPTIVE_FAMILY: lambda scale: partial(adaptive_window, policy=TurnPolicy(scale=scale)),
 }
 
 
-def sweep(traffic: Sequence[Conversation], windows_s: Sequence[float]) -> list[dict[str, Any]]:
+def sweep(traffic: Sequence[Conversation], windows_s: Sequence[float], scales: Sequence[float]) -> list[dict[str, Any]]:
     points = []
     for family, make_policy in SWEEP_FAMILIES.items():
-        for window_s in windows_s:
-            row = result_row(f"{family} {window_s:g}s", replay(make_policy(window_s), traffic))
-            points.append({"family": family, "window_s": window_s, **row})
+        knobs, label = (scales, "x{:g}") if family == ADAPTIVE_FAMILY else (windows_s, "{:g}s")
+        for knob in knobs:
+            row = result_row(f"{family} {label.format(knob)}", replay(make_policy(knob), traffic))
+            points.append({"family": family, "knob": knob, "label": label.format(knob), **row})
     return points
 
 
-def plot(sweep_points: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
+def best_under(points: Sequence[dict[str, Any]], family: str, max_calls: float) -> dict[str, Any] | None:
+    """The family's quickest point at or under max_calls model calls per turn."""
+    fitting = [p for p in points if p["family"] == family and p["llm_calls_per_burst"] <= max_calls]
+    return min(fitting, key=lambda p: p["mean_reply_delay_s"], default=None)
+
+
+def clarity_study(conversations: int, smoke: bool) -> list[dict[str, Any]]:
+    """The phone traffic (same arrival times) with ever clearer text: how quick can each family be
+    at GOAL_CALLS calls per turn? The adaptive family is searched over its scale and its share
+    after a finished-looking message (the knob clearer text pays off through)."""
+    windows = SMOKE_SWEEP_WINDOWS_S if smoke else FULL_SWEEP_WINDOWS_S
+    grid = [(0.33, 1.0)] if smoke else [(f, s) for f in CLARITY_FINISHED_SHARES for s in CLARITY_SCALES]
+    rows = []
+    for clarity in CLARITIES:
+        traffic = make_traffic(conversations, shape="phone", clarity=clarity)
+        points = sweep(traffic, windows, ())
+        for finished_share, scale in grid:
+            policy = TurnPolicy(finished_share=finished_share, scale=scale)
+            label = f"finished {finished_share:g}, x{scale:g}"
+            points.append({"family": ADAPTIVE_FAMILY, "knob": scale, "label": label,
+                           **result_row(label, replay(partial(adaptive_window, policy=policy), traffic))})
+        best = {family: best_under(points, family, GOAL_CALLS) for family in
+                (ADAPTIVE_FAMILY, FIXED_FAMILY)}
+        rows.append({"clarity": clarity, **{
+            key: None if point is None else {k: point[k] for k in (
+                "label", "llm_calls_per_burst", "mean_reply_delay_s", "p95_reply_delay_s")}
+            for key, point in zip(("adaptive", "fixed"), best.values())}})
+    return rows
+
+
+def plot(evaluations: Sequence[dict[str, Any]], clarity: Sequence[dict[str, Any]] | None,
          path: pathlib.Path) -> pathlib.Path:
     import matplotlib  # only here: the simulation itself must not need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    # Points of the two families can coincide (debounce 1 s and fixed 2 s both average 1 s), so
-    # each family puts its window labels on its own side of the line.
-    label_offsets = [((-5, -11), "right"), ((5, 5), "left")]
-    for family, (offset, align) in zip(SWEEP_FAMILIES, label_offsets):
-        points = [p for p in sweep_points if p["family"] == family]
-        xs = [p["mean_reply_delay_s"] for p in points]
-        ys = [p["llm_calls_per_burst"] for p in points]
-        (line,) = ax.plot(xs, ys, "o-", markersize=4, label=family, zorder=2)
+    # Each trace whole, then (generated traffic) the phone traffic near one call per turn, where the
+    # goal is, and the clarity study.
+    panels: list[tuple[Callable[[Any], None], ...]] = [(partial(plot_trace, evaluation=e),) for e in evaluations]
+    if clarity:
+        panels += [(partial(plot_trace, evaluation=evaluations[0], zoom=True),), (partial(plot_clarity, clarity=clarity),)]
+    columns = min(2, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(8 * columns, 6 * rows), squeeze=False)
+    for ax, (draw,) in zip(axes.flat, panels):
+        draw(ax)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_trace(ax: Any, evaluation: dict[str, Any], zoom: bool = False) -> None:
+    # Each family puts its labels on its own side of its line, so coinciding points stay readable.
+    label_offsets = [((-5, -11), "right"), ((5, 5), "left"), ((5, -11), "left")]
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    for family, (offset, align), color in zip(SWEEP_FAMILIES, label_offsets, colors):
+        points = [p for p in evaluation["sweep"] if p["family"] == family]
+        if not points:
+            continue
+        (line,) = ax.plot([p["mean_reply_delay_s"] for p in points], [p["llm_calls_per_burst"] for p in points],
+                          "o-", markersize=4, label=family, zorder=2, color=color)
         for p in points:
-            ax.annotate(f"{p['window_s']:g}s", (p["mean_reply_delay_s"], p["llm_calls_per_burst"]),
-                        textcoords="offset points", xytext=offset, ha=align, fontsize=7, color=line.get_color())
-    for row in results:
+            ax.annotate(p["label"], (p["mean_reply_delay_s"], p["llm_calls_per_burst"]), textcoords="offset points",
+                        xytext=offset, ha=align, fontsize=7, color=line.get_color())
+    for row in evaluation["results"]:
         where = (row["mean_reply_delay_s"], row["llm_calls_per_burst"])
         ax.scatter([where[0]], [where[1]], label=row["policy"], zorder=3,
                    **POLICY_MARKERS.get(row["policy"], {"marker": "P", "s": 80}))
@@ -459,39 +478,62 @@ def plot(sweep_points: Sequence[dict[str, Any]], results: Sequence[dict[str, Any
             # The plot's axes cannot show this flaw, so it is written next to the point.
             ax.annotate(f"{row['messages_never_answered']} of {row['messages']}\nmessages never answered", where,
                         textcoords="offset points", xytext=(0, -26), ha="center", fontsize=7)
+    if evaluation["trace"] == "phone":
+        ax.fill_between([1, GOAL_MEAN_S], 0.95, GOAL_CALLS, color="tab:green", alpha=0.12,
+                        label=f"goal: <= {GOAL_CALLS} calls at <= {GOAL_MEAN_S:g} s")
     ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    if zoom:
+        ax.set_xlim(4, 60)
+        ax.set_ylim(0.99, 1.2)
+    else:
+        ax.set_ylim(0.95, min(3.0, ax.get_ylim()[1]))
     ax.set_xlabel("mean reply delay after the customer's last message of a turn (s, log scale)")
     ax.set_ylabel("LLM calls per customer turn (1 = ideal)")
-    ax.set_title("Buffering policies on bursty chat traffic: reply delay vs LLM calls\n"
-                 "lines: window size sweep (labels = window); markers: named policies", fontsize=10)
+    ax.set_title(f"{evaluation['trace']} traffic{', near one call per turn' if zoom else ''}: reply delay vs "
+                 "LLM calls\nlines: window (or wait scale) sweeps; markers: named policies", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+
+def plot_clarity(ax: Any, clarity: Sequence[dict[str, Any]]) -> None:
+    xs = [row["clarity"] for row in clarity]
+    for key, label, style, color in (("adaptive", "chatbuffer adaptive, best of its shares and scale", "P-", "tab:green"),
+                                     ("fixed", "chatbuffer fixed window, best window", "o--", "tab:blue")):
+        ys = [row[key]["mean_reply_delay_s"] if row[key] else math.nan for row in clarity]
+        ax.plot(xs, ys, style, label=label, color=color)
+    ax.axhline(GOAL_MEAN_S, color="tab:green", linestyle=":", label=f"goal: {GOAL_MEAN_S:g} s")
+    ax.set_xlabel("clarity of the customers' text\n(0 = chats as modelled in bench/traffic.py, 1 = the text always tells)")
+    ax.set_ylabel(f"quickest mean reply delay at <= {GOAL_CALLS} calls per turn (s)")
+    ax.set_title("phone traffic, ever clearer text: how quick can a policy be?", fontsize=10)
+    ax.set_ylim(0, None)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 # --- report ----------------------------------------------------------------------------------
 
-def summary_lines(results: Sequence[dict[str, Any]], model: dict[str, Any]) -> list[str]:
-    observed = model["observed"]
+def summary_lines(evaluation: dict[str, Any]) -> list[str]:
+    observed = evaluation["observed"]
     lines = [
-        f"{model['conversations']} conversations, {observed['bursts']} true bursts, "
-        f"{observed['messages']} messages (seed {model['seed']})",
-        f"{'policy':<48} {'calls/burst':>11} {'split':>6} {'merged':>6} {'exact':>6} "
-        f"{'unanswered':>10} {'discarded':>9} {'stale':>6} {'mean s':>8} {'p95 s':>8}",
+        f"{evaluation['trace']}: {observed['conversations']} conversations, {observed['bursts']} customer turns, "
+        f"{observed['messages']} messages, median gap inside a turn {observed['intra_burst_gap_median_s']} s",
+        f"{'policy':<48} {'calls/turn':>10} {'split':>6} {'merged':>6} {'exact':>6} "
+        f"{'unanswered':>10} {'discarded':>9} {'stale':>6} {'mean s':>7} {'p50 s':>7} {'p95 s':>7}",
     ]
-    for row in results:
+    for row in evaluation["results"]:
         lines.append(
-            f"{row['policy']:<48} {row['llm_calls_per_burst']:>11.3f} {row['bursts_split']:>6} "
+            f"{row['policy']:<48} {row['llm_calls_per_burst']:>10.3f} {row['bursts_split']:>6} "
             f"{row['bursts_merged']:>6} {row['bursts_exact']:>6} {row['messages_never_answered']:>10} "
             f"{row['drafts_discarded']:>9} {row['stale_replies']:>6} "
-            f"{row['mean_reply_delay_s']:>8.2f} {row['p95_reply_delay_s']:>8.2f}"
+            f"{row['mean_reply_delay_s']:>7.2f} {row['p50_reply_delay_s']:>7.2f} {row['p95_reply_delay_s']:>7.2f}"
         )
-    lines.extend(comparison_notes(results))
+    for family in SWEEP_FAMILIES:
+        best = best_under(evaluation["sweep"], family, GOAL_CALLS)
+        lines.append(f"  quickest {family} at <= {GOAL_CALLS} calls/turn: " + (
+            "none" if best is None else f"{best['label']}: {best['llm_calls_per_burst']:.3f} calls, "
+            f"mean {best['mean_reply_delay_s']:.1f} s, p95 {best['p95_reply_delay_s']:.1f} s"))
+    lines.extend(comparison_notes(evaluation["results"]))
     return lines
 
 
@@ -500,26 +542,74 @@ def comparison_notes(results: Sequence[dict[str, Any]]) -> list[str]:
     chatbuffer, seed_003 = by_name.get(CHATBUFFER), by_name.get("seed-003 debounce 30s cap 300s")
     if chatbuffer is None or seed_003 is None:
         return []
-    return [f"chatbuffer's fence against seed-003's plain window: {seed_003['stale_replies']} stale replies -> "
+    return [f"  chatbuffer's fence against seed-003's plain window: {seed_003['stale_replies']} stale replies -> "
             f"{chatbuffer['stale_replies']}, paid for with {chatbuffer['drafts_discarded']} discarded drafts "
-            f"(counted in calls/burst: {seed_003['llm_calls_per_burst']:.3f} -> "
+            f"(counted in calls/turn: {seed_003['llm_calls_per_burst']:.3f} -> "
             f"{chatbuffer['llm_calls_per_burst']:.3f})."]
 
 
-def run(smoke: bool = False, out_dir: pathlib.Path | None = None) -> dict:
-    conversations = SMOKE_CONVERSATIONS if smoke else FULL_CONVERSATIONS
-    traffic = make_traffic(conversations, SEED)
-    model = describe_model(SEED, conversations)
-    model["observed"] = observed_traffic(traffic)
-    results = [result_row(name, replay(policy, traffic)) for name, policy in POLICIES.items()]
-    sweep_points = sweep(traffic, SMOKE_SWEEP_WINDOWS_S if smoke else FULL_SWEEP_WINDOWS_S)
-    plot_path = plot(sweep_points, results, out_dir / "policies.png") if out_dir is not None else None
+def goal_lines(evaluations: Sequence[dict[str, Any]]) -> list[str]:
+    """Issue 11's two goal lines, checked on the adaptive policy at its best scale."""
+    by_trace = {e["trace"]: e for e in evaluations}
+    lines = []
+    if "phone" in by_trace:
+        fitting = [p for p in by_trace["phone"]["sweep"] if p["family"] == ADAPTIVE_FAMILY
+                   and p["llm_calls_per_burst"] <= GOAL_CALLS and p["p95_reply_delay_s"] <= GOAL_P95_S
+                   and not p["messages_never_answered"]]
+        best = min(fitting, key=lambda p: p["mean_reply_delay_s"], default=None)
+        met = best is not None and best["mean_reply_delay_s"] <= GOAL_MEAN_S
+        lines.append(f"goal 1 (phone: <= {GOAL_CALLS} calls/turn, mean <= {GOAL_MEAN_S:g} s, p95 <= {GOAL_P95_S:g} s): "
+                     + ("MET" if met else "NOT MET") + " by the adaptive policy at any scale"
+                     + ("" if best is None else f" (quickest fitting scale {best['label']}: mean "
+                        f"{best['mean_reply_delay_s']:.1f} s)"))
+    if "desk" in by_trace:
+        rows = {row["policy"]: row for row in by_trace["desk"]["results"]}
+        adaptive, fixed = rows[ADAPTIVE], rows[CHATBUFFER]
+        met = adaptive["llm_calls_per_burst"] <= fixed["llm_calls_per_burst"] and \
+            adaptive["mean_reply_delay_s"] <= fixed["mean_reply_delay_s"]
+        lines.append(f"goal 2 (desk: not worse than the fixed {DESK_BASELINE_WINDOW_S:g} s window on either axis): "
+                     + ("MET" if met else "NOT MET") + f": {adaptive['llm_calls_per_burst']:.3f} calls at "
+                     f"{adaptive['mean_reply_delay_s']:.1f} s against {fixed['llm_calls_per_burst']:.3f} at "
+                     f"{fixed['mean_reply_delay_s']:.1f} s")
+    return lines
+
+
+def evaluate(trace: str, traffic: Sequence[Conversation], smoke: bool) -> dict[str, Any]:
     return {
-        "name": "policies",
-        "model": model,
-        "results": results,
-        "sweep": sweep_points,
-        "plot": str(plot_path) if plot_path is not None else None,
-        "summary": summary_lines(results, model),
+        "trace": trace,
+        "observed": observed_traffic(traffic),
+        "results": [result_row(name, replay(policy, traffic)) for name, policy in POLICIES.items()],
+        "sweep": sweep(traffic, SMOKE_SWEEP_WINDOWS_S if smoke else FULL_SWEEP_WINDOWS_S,
+                       SMOKE_ADAPTIVE_SCALES if smoke else FULL_ADAPTIVE_SCALES),
     }
 
+
+def run(smoke: bool = False, out_dir: pathlib.Path | None = None, trace: pathlib.Path | None = None) -> dict:
+    conversations = SMOKE_CONVERSATIONS if smoke else FULL_CONVERSATIONS
+    if trace is not None:
+        evaluations = [evaluate(trace.name, read_trace(trace), smoke)]
+        models = {trace.name: {"trace_file": trace.name}}
+        clarity = None
+    else:
+        evaluations = [evaluate(shape, make_traffic(conversations, SEED, shape), smoke) for shape in ("phone", "desk")]
+        models = {shape: describe_shape(shape, SEED, conversations) for shape in ("phone", "desk")}
+        clarity = clarity_study(conversations, smoke)
+    plot_path = plot(evaluations, clarity, out_dir / "policies.png") if out_dir is not None else None
+    summary = [line for evaluation in evaluations for line in [*summary_lines(evaluation), ""]]
+    summary += goal_lines(evaluations)
+    if clarity:
+        summary.append("quickest mean delay at <= 1.05 calls/turn on phone traffic, by clarity of the text: " + ", ".join(
+            f"{row['clarity']:g}: adaptive {fmt_delay(row['adaptive'])} / fixed {fmt_delay(row['fixed'])}"
+            for row in clarity))
+    return {
+        "name": "policies",
+        "model": models,
+        "traces": evaluations,
+        "clarity": clarity,
+        "plot": str(plot_path) if plot_path is not None else None,
+        "summary": summary,
+    }
+
+
+def fmt_delay(point: dict[str, Any] | None) -> str:
+    return "-" if point is None else f"{point['mean_reply_delay_s']:.1f} s (p95 {point['p95_reply_delay_s']:.0f} s)"

@@ -92,8 +92,10 @@ def serve_banner(settings: Settings, url: str, *, sweeper: bool, embedded: bool,
                                       else f"Chatwoot at {settings.chatwoot_base_url}"))
     lines.append("  sweeper      " + ("in this process" if sweeper else "OFF (--no-sweeper): the fallback answers"))
     t = settings.timing
-    lines.append(f"  window       {t.buffer_window_seconds:g} s of quiet, at most {t.buffer_max_age_seconds:g} s "
-                 f"or {t.buffer_max_messages} messages per burst")
+    quiet = (f"{t.buffer_window_seconds:g} s of quiet" if t.buffer_policy == "fixed"
+             else f"adaptive: a share of {t.buffer_window_seconds:g} s of quiet by what the message says")
+    lines.append(f"  window       {quiet}, at most {t.buffer_max_age_seconds:g} s "
+                 f"or {t.buffer_max_messages} messages per burst (BUFFER_POLICY={t.buffer_policy})")
     warnings = serve_warnings(settings)
     if warnings:
         lines += ["", "warnings:"] + [f"  ! {w}" for w in warnings]

@@ -61,6 +61,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+BUFFER_POLICIES = ("fixed", "adaptive")
+
+
 @dataclass(frozen=True)
 class BufferTiming:
     """The debounce numbers, in the shape the SQL functions take as environment defaults."""
@@ -71,15 +74,20 @@ class BufferTiming:
     sweep_interval_seconds: float = 10
     fallback_flush_messages: int = 2
     fallback_flush_age_seconds: float = 5
+    # fixed: the window after every message; adaptive: a share of it chosen by what the message
+    # looks like and the customer's pace (public.buffer_policy; docs/benchmarks.md §5 chose fixed).
+    buffer_policy: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.buffer_policy not in BUFFER_POLICIES:
+            raise ConfigError(f"BUFFER_POLICY={self.buffer_policy!r} must be one of " + ", ".join(BUFFER_POLICIES))
         if self.buffer_max_age_seconds <= self.buffer_window_seconds:
             raise ConfigError(
                 f"BUFFER_MAX_AGE_SECONDS ({self.buffer_max_age_seconds:g}) must be greater than "
                 f"BUFFER_WINDOW_SECONDS ({self.buffer_window_seconds:g})"
             )
 
-    def as_defaults(self) -> dict[str, float]:
+    def as_defaults(self) -> dict[str, float | str]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -158,6 +166,7 @@ class Settings:
             sweep_interval_seconds=_number(env, "SWEEP_INTERVAL_SECONDS", 10),
             fallback_flush_messages=int(_number(env, "FALLBACK_FLUSH_MESSAGES", 2, whole=True)),
             fallback_flush_age_seconds=_number(env, "FALLBACK_FLUSH_AGE_SECONDS", 5),
+            buffer_policy=(_text(env, "BUFFER_POLICY", "fixed") or "fixed").lower(),
         )
         statuses = _text(env, "CHATWOOT_ANSWER_STATUSES", "pending") or "pending"
         return cls(
