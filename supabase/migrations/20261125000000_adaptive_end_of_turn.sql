@@ -5,7 +5,7 @@
 --                        BUFFER_POLICY environment variable) and the adaptive policy's knobs.
 --   turn_cue             what a message looks like: finished, plain, greeting or unfinished.
 --   next_typical_gap     the customer's typical gap between messages of a turn, one gap later.
---   turn_wait_seconds    the quiet time to wait after a message.
+--   turn_wait_seconds    the quiet time to wait after a message, from its cue's share.
 --   ingest_message       as in 20261124000000, with the wait from the policy.
 --
 -- The three small functions are pure (immutable): bench/adaptive.py is their twin in Python for the
@@ -20,8 +20,7 @@ create table public.buffer_policy (
     greeting_share        numeric not null default 0.67 check (greeting_share > 0 and greeting_share <= 1),
     unfinished_share      numeric not null default 1 check (unfinished_share > 0 and unfinished_share <= 1),
     reference_gap_seconds numeric not null default 3 check (reference_gap_seconds > 0),
-    slowest_pace          numeric not null default 2 check (slowest_pace >= 1 and slowest_pace <= 10),
-    updated_at            timestamptz not null default now()
+    slowest_pace          numeric not null default 2 check (slowest_pace >= 1 and slowest_pace <= 10)
 );
 
 comment on table public.buffer_policy is
@@ -57,24 +56,28 @@ comment on column public.message_buffer.typical_gap_seconds is
 -- non-ASCII capitals only under a database locale that knows them.
 create function public.turn_cue(p_content text, p_attachments jsonb)
 returns text
-language sql immutable parallel safe
+language plpgsql immutable parallel safe
 set search_path = ''
 as $$
-    select case
-        when coalesce(p_attachments, '[]'::jsonb) @> '[{"file_type": "audio"}]' then 'finished'  -- a voice note is a turn of its own
-        when t = '' and coalesce(p_attachments, '[]'::jsonb) @> '[{"file_type": "image"}]' then 'unfinished'  -- the question comes next
-        when t = '' then 'plain'
-        when t ~ '(\.\.\.|…|,|:|;|-)$'
-          or t ~ '(^|\s)(y|o|pero|que|de|del|con|para|por|en|el|la|los|las|un|una|porque|and|or|but|the|a|an|to|with|for|of|if|because|so|e|mas|com)$'
-            then 'unfinished'
-        when t ~ '^[¡!¿ ]*(hola|holi|buenas|buen día|buen dia|buenos días|buenos dias|buenas tardes|buenas noches|hi|hello|hey|good morning|good afternoon|good evening|ola|oi|olá|bom dia|boa tarde|boa noite)[ !.,?]*$'
-            then 'greeting'
-        when t ~ '\?$'
-          or t ~ '^(ok|okay|oki|vale|listo|perfecto|si|sí|yes|gracias|muchas gracias|thanks|thank you|thx|obrigado|obrigada|de acuerdo|sounds good|great|genial|👍|🙏|🙂|😊)[ !.]*$'
-            then 'finished'
-        else 'plain'
-    end
-    from (select lower(btrim(coalesce(p_content, ''), E' \t\r\n')) as t) content;
+declare
+    t text := lower(btrim(coalesce(p_content, ''), E' \t\r\n'));
+begin
+    if p_attachments @> '[{"file_type": "audio"}]' then
+        return 'finished';  -- a voice note is a turn of its own
+    elsif t = '' then
+        -- A photo without a word: the question about it comes next.
+        return case when p_attachments @> '[{"file_type": "image"}]' then 'unfinished' else 'plain' end;
+    elsif t ~ '(\.\.\.|…|,|:|;|-)$'
+       or t ~ '(^|\s)(y|o|pero|que|de|del|con|para|por|en|el|la|los|las|un|una|porque|and|or|but|the|a|an|to|with|for|of|if|because|so|e|mas|com)$' then
+        return 'unfinished';
+    elsif t ~ '^[¡!¿ ]*(hola|holi|buenas|buen día|buen dia|buenos días|buenos dias|buenas tardes|buenas noches|hi|hello|hey|good morning|good afternoon|good evening|ola|oi|olá|bom dia|boa tarde|boa noite)[ !.,?]*$' then
+        return 'greeting';
+    elsif t ~ '\?$'
+       or t ~ '^(ok|okay|oki|vale|listo|perfecto|si|sí|yes|gracias|muchas gracias|thanks|thank you|thx|obrigado|obrigada|de acuerdo|sounds good|great|genial|👍|🙏|🙂|😊)[ !.]*$' then
+        return 'finished';
+    end if;
+    return 'plain';
+end;
 $$;
 
 -- A geometric moving average: one pause of minutes moves it no more than one quick reply.
@@ -87,22 +90,21 @@ as $$
                 else sqrt(p_typical_seconds * greatest(p_gap_seconds, 0.1)) end;
 $$;
 
--- The quiet time after a message: the window's share for its cue, stretched for a customer slower
--- than the reference pace (never shortened: a quick typist still pauses to read).
+-- The quiet time after a message: the window's share for its cue (the shares are buffer_policy's
+-- columns), stretched for a customer slower than the reference pace (never shortened: a quick
+-- typist still pauses to read).
 create function public.turn_wait_seconds(
     p_window_seconds double precision, p_cue text, p_typical_gap_seconds double precision,
-    p_policy public.buffer_policy)
+    p_finished_share double precision, p_plain_share double precision, p_greeting_share double precision,
+    p_unfinished_share double precision, p_reference_gap_seconds double precision, p_slowest_pace double precision)
 returns double precision
 language sql immutable parallel safe
 set search_path = ''
 as $$
     select p_window_seconds
-           * case p_cue when 'finished' then (p_policy).finished_share
-                        when 'greeting' then (p_policy).greeting_share
-                        when 'unfinished' then (p_policy).unfinished_share
-                        else (p_policy).plain_share end::double precision
-           * least(greatest(coalesce(p_typical_gap_seconds / (p_policy).reference_gap_seconds::double precision, 1),
-                            1), (p_policy).slowest_pace::double precision);
+           * case p_cue when 'finished' then p_finished_share when 'greeting' then p_greeting_share
+                        when 'unfinished' then p_unfinished_share else p_plain_share end
+           * least(greatest(coalesce(p_typical_gap_seconds / p_reference_gap_seconds, 1), 1), p_slowest_pace);
 $$;
 
 -- As in 20261124000000_conversation_behaviour.sql; what changed is marked "policy".
@@ -122,7 +124,6 @@ declare
     buffering boolean;
     fallback boolean;
     operator_settings boolean;  -- a value is set in buffer_settings
-    policy public.buffer_policy;
     adaptive boolean;
     existing_buffer bigint;
     hold text;  -- why the message is stored but not answered
@@ -140,18 +141,19 @@ begin
 
     -- A redelivery? And the flags, the policy, and whether an operator set a timing value: one
     -- statement (each statement of a plpgsql function pays executor start-up).
-    select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings,
-           -- policy: the row wins, then the environment; without the row, the fixed window.
-           coalesce(p.policy, p_defaults->>'buffer_policy', 'fixed') = 'adaptive' and p.singleton is not null
+    select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings, flags.adaptive
       into existing_buffer, buffering, fallback, operator_settings, adaptive
       from (select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false)
                        as buffering,
                    not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false)
                        as fallback,
                    exists (select 1 from public.buffer_settings s where s.setting_value is not null)
-                       as operator_settings
+                       as operator_settings,
+                   -- policy: the row wins, then the environment; without the row, the fixed window.
+                   coalesce((select coalesce(p.policy, p_defaults->>'buffer_policy', 'fixed') = 'adaptive'
+                               from public.buffer_policy p), false)
+                       as adaptive
               from public.feature_flags f) flags
-      left join public.buffer_policy p on true
       left join public.buffered_messages dup
         on dup.channel = p_channel and dup.account_id = p_account_id and dup.external_id = p_external_id;
     if existing_buffer is not null then
@@ -221,13 +223,16 @@ begin
 
     -- policy: the quiet time after this message.
     if adaptive then
-        select * into policy from public.buffer_policy;
+        select public.turn_wait_seconds(
+                   cfg.window_seconds::double precision, public.turn_cue(p_content, p_attachments), buf_typical_gap,
+                   p.finished_share::double precision, p.plain_share::double precision,
+                   p.greeting_share::double precision, p.unfinished_share::double precision,
+                   p.reference_gap_seconds::double precision, p.slowest_pace::double precision)
+          into wait_seconds
+          from public.buffer_policy p;
+    else
+        wait_seconds := cfg.window_seconds::double precision;
     end if;
-    wait_seconds := case when adaptive
-                         then public.turn_wait_seconds(cfg.window_seconds::double precision,
-                                                       public.turn_cue(p_content, p_attachments),
-                                                       buf_typical_gap, policy)
-                         else cfg.window_seconds::double precision end;
 
     -- The debounce rule: the wait after the last message, capped by max age; due at once at max
     -- count or with buffering off. With no scheduler (fallback), seed 004's count-or-age rule
@@ -269,8 +274,8 @@ end;
 $$;
 
 revoke execute on function public.turn_cue(text, jsonb), public.next_typical_gap(double precision, double precision),
-    public.turn_wait_seconds(double precision, text, double precision, public.buffer_policy)
+    public.turn_wait_seconds(double precision, text, double precision, double precision, double precision, double precision, double precision, double precision, double precision)
     from public, anon, authenticated;
 grant execute on function public.turn_cue(text, jsonb), public.next_typical_gap(double precision, double precision),
-    public.turn_wait_seconds(double precision, text, double precision, public.buffer_policy)
+    public.turn_wait_seconds(double precision, text, double precision, double precision, double precision, double precision, double precision, double precision, double precision)
     to service_role;

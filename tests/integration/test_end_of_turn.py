@@ -148,7 +148,9 @@ async def test_the_python_twin_decides_as_the_sql_does(database_url: str) -> Non
         rows = await fetch(
             database_url,
             "select public.turn_cue(x.content, x.attachments::jsonb) as cue,"
-            "       public.turn_wait_seconds($5, public.turn_cue(x.content, x.attachments::jsonb), x.typical, p) as wait,"
+            "       public.turn_wait_seconds($5, public.turn_cue(x.content, x.attachments::jsonb), x.typical,"
+            "           p.finished_share, p.plain_share, p.greeting_share, p.unfinished_share,"
+            "           p.reference_gap_seconds, p.slowest_pace) as wait,"
             "       public.next_typical_gap(x.typical, x.gap) as next_gap"
             "  from unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) with ordinality"
             "       as x(content, attachments, typical, gap, n), public.buffer_policy p order by x.n",
