@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test bench install
+.PHONY: serve test bench policies install
 
 install: $(VENV)/.installed
 
@@ -24,3 +24,9 @@ test: install
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+# Replay a chat log through the buffering policies (README: "When is the customer done?"):
+# make policies TRACE=my_chats.csv   (without TRACE: the generated traffic)
+policies: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench policies $(if $(TRACE),--trace $(TRACE))

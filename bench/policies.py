@@ -64,6 +64,7 @@ delay and calls per burst; the clarity study regenerates the phone traffic with 
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import pathlib
 from dataclasses import dataclass, field
@@ -594,8 +595,13 @@ def run(smoke: bool = False, out_dir: pathlib.Path | None = None, trace: pathlib
         evaluations = [evaluate(shape, make_traffic(conversations, SEED, shape), smoke) for shape in ("phone", "desk")]
         models = {shape: describe_shape(shape, SEED, conversations) for shape in ("phone", "desk")}
         clarity = clarity_study(conversations, smoke)
-    plot_path = plot(evaluations, clarity, out_dir / "policies.png") if out_dir is not None else None
+    plot_path = None
     summary = [line for evaluation in evaluations for line in [*summary_lines(evaluation), ""]]
+    if out_dir is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            summary.append("(no plot: matplotlib is not installed; `make policies` installs it)")
+        else:
+            plot_path = plot(evaluations, clarity, out_dir / "policies.png")
     summary += goal_lines(evaluations)
     if clarity:
         summary.append("quickest mean delay at <= 1.05 calls/turn on phone traffic, by clarity of the text: " + ", ".join(
