@@ -125,6 +125,12 @@ declare
     fallback boolean;
     operator_settings boolean;  -- a value is set in buffer_settings
     adaptive boolean;
+    finished_share double precision;  -- policy: buffer_policy's knobs, read with the flags
+    plain_share double precision;
+    greeting_share double precision;
+    unfinished_share double precision;
+    reference_gap double precision;
+    slowest_pace double precision;
     existing_buffer bigint;
     hold text;  -- why the message is stored but not answered
     buf_id bigint;
@@ -141,19 +147,21 @@ begin
 
     -- A redelivery? And the flags, the policy, and whether an operator set a timing value: one
     -- statement (each statement of a plpgsql function pays executor start-up).
-    select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings, flags.adaptive
-      into existing_buffer, buffering, fallback, operator_settings, adaptive
+    select dup.buffer_id, flags.buffering, flags.fallback, flags.operator_settings,
+           -- policy: the row wins, then the environment; without the row, the fixed window.
+           p.singleton is not null and coalesce(p.policy, p_defaults->>'buffer_policy', 'fixed') = 'adaptive',
+           p.finished_share, p.plain_share, p.greeting_share, p.unfinished_share,
+           p.reference_gap_seconds, p.slowest_pace
+      into existing_buffer, buffering, fallback, operator_settings, adaptive,
+           finished_share, plain_share, greeting_share, unfinished_share, reference_gap, slowest_pace
       from (select coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'message_buffering'), false)
                        as buffering,
                    not coalesce(bool_or(f.is_enabled) filter (where f.flag_name = 'buffer_sweeper'), false)
                        as fallback,
                    exists (select 1 from public.buffer_settings s where s.setting_value is not null)
-                       as operator_settings,
-                   -- policy: the row wins, then the environment; without the row, the fixed window.
-                   coalesce((select coalesce(p.policy, p_defaults->>'buffer_policy', 'fixed') = 'adaptive'
-                               from public.buffer_policy p), false)
-                       as adaptive
+                       as operator_settings
               from public.feature_flags f) flags
+      left join public.buffer_policy p on true
       left join public.buffered_messages dup
         on dup.channel = p_channel and dup.account_id = p_account_id and dup.external_id = p_external_id;
     if existing_buffer is not null then
@@ -222,17 +230,12 @@ begin
     end if;
 
     -- policy: the quiet time after this message.
-    if adaptive then
-        select public.turn_wait_seconds(
-                   cfg.window_seconds::double precision, public.turn_cue(p_content, p_attachments), buf_typical_gap,
-                   p.finished_share::double precision, p.plain_share::double precision,
-                   p.greeting_share::double precision, p.unfinished_share::double precision,
-                   p.reference_gap_seconds::double precision, p.slowest_pace::double precision)
-          into wait_seconds
-          from public.buffer_policy p;
-    else
-        wait_seconds := cfg.window_seconds::double precision;
-    end if;
+    wait_seconds := case when adaptive
+                         then public.turn_wait_seconds(cfg.window_seconds::double precision,
+                                                       public.turn_cue(p_content, p_attachments), buf_typical_gap,
+                                                       finished_share, plain_share, greeting_share, unfinished_share,
+                                                       reference_gap, slowest_pace)
+                         else cfg.window_seconds::double precision end;
 
     -- The debounce rule: the wait after the last message, capped by max age; due at once at max
     -- count or with buffering off. With no scheduler (fallback), seed 004's count-or-age rule

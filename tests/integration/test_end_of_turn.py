@@ -178,3 +178,9 @@ def test_the_twin_default_policy_is_the_tables_default() -> None:
         line = next(line for line in sql.splitlines() if line.strip().startswith(column + " "))
         assert float(line.split("default")[1].split()[0]) == getattr(defaults, column), column
     assert replace(defaults, scale=1.0) == defaults
+
+
+async def test_without_the_policy_row_the_window_is_fixed(adaptive_store: BufferStore, database_url: str) -> None:
+    # The environment says adaptive, but the knobs are gone: the fixed window, never a null due time.
+    await execute(database_url, "delete from public.buffer_policy")
+    assert await wait_after(adaptive_store, database_url, "m1", "¿Tienen talla 27?") == pytest.approx(WINDOW)
