@@ -27,7 +27,11 @@ def test_ingest_smoke() -> None:
 def test_coldstart_smoke() -> None:
     result = coldstart.run(smoke=True)
     assert result["import_s"]["floor"] > 0 and result["import_ratio"] > 0
-    assert result["wall_s"]["webhook"] >= result["wall_s"]["floor"]
+    # Every kind of process ran and was timed (which is quicker is the full benchmark's question:
+    # compared here, two medians of a few processes flake on a busy machine).
+    assert set(result["wall_s"]) == {"floor", "health", "supabase", "webhook"}
+    assert all(len(samples) == len(result["samples"]["floor"]) > 0 for samples in result["samples"].values())
+    assert all(wall > 0 for wall in result["wall_s"].values())
 
 
 def test_claim_smoke() -> None:
