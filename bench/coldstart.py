@@ -48,7 +48,8 @@ if kind == "health":
 else:
     from shared.channels.chatwoot import sign
     payload = json.load(open("tests/fixtures/chatwoot/message_created_incoming_text.json"))
-    body = json.dumps({**payload, "id": int(sys.argv[2])}).encode()
+    sent_now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # a captured created_at would be stale
+    body = json.dumps({**payload, "id": int(sys.argv[2]), "created_at": sent_now}).encode()
     ts = str(int(time.time()))
     headers = {"content-type": "application/json", "x-chatwoot-timestamp": ts,
                "x-chatwoot-signature": sign(sys.argv[3], ts, body)}

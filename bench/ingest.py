@@ -40,7 +40,9 @@ def write_requests(path: Path, count: int, first_id: int, conversations: int) ->
     timestamp = str(int(time.time()))
     with path.open("w") as out:
         for n in range(count):
-            payload = {**template, "id": first_id + n, "content": f"message {n}"}
+            # Sent now: a captured created_at would be stale (STALE_MESSAGE_SECONDS) and kept unanswered.
+            payload = {**template, "id": first_id + n, "content": f"message {n}",
+                       "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             payload["conversation"] = {**template["conversation"], "id": 100_000 + n % conversations}
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
             out.write(f"{timestamp}\n{sign(SECRET, timestamp, body.encode())}\n{body}\n")

@@ -76,6 +76,8 @@ def _type_of(attachment: Mapping[str, Any]) -> str:
 
 
 def _file_name(attachment: Mapping[str, Any]) -> str | None:
+    if isinstance(attachment.get("file_name"), str):
+        return str(attachment["file_name"])
     url = attachment.get("data_url")
     if not isinstance(url, str):
         return None

@@ -135,6 +135,24 @@ class Settings:
     media_max_audio_mb: float = 25
     media_max_image_mb: float = 5
     media_max_images: int = 4
+    # A message older than this when it arrives (a platform's redelivery after an outage) is
+    # stored, as history, but not answered.
+    stale_message_seconds: float = 3600
+    # Meta's Graph API: WhatsApp Cloud API (/webhooks/whatsapp), Messenger and Instagram (/webhooks/meta).
+    meta_graph_base_url: str = "https://graph.facebook.com"
+    meta_graph_api_version: str = "v26.0"
+    meta_app_secret: str | None = field(default=None, repr=False)
+    whatsapp_verify_token: str | None = field(default=None, repr=False)
+    whatsapp_access_token: str | None = field(default=None, repr=False)
+    meta_verify_token: str | None = field(default=None, repr=False)
+    instagram_app_secret: str | None = field(default=None, repr=False)
+    meta_page_access_token: str | None = field(default=None, repr=False)
+    instagram_access_token: str | None = field(default=None, repr=False)
+    # Twilio (/webhooks/twilio), SMS and WhatsApp.
+    twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_webhook_url: str | None = None  # the public URL Twilio calls, when a proxy rewrites the host
 
     @property
     def uses_supabase(self) -> bool:
@@ -150,11 +168,36 @@ class Settings:
         if self.openai_structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ConfigError(f"OPENAI_STRUCTURED_OUTPUT={self.openai_structured_output!r} must be one of "
                               + ", ".join(STRUCTURED_OUTPUT_MODES))
+        self._check_channels()
         if self.lease_seconds <= self.openai_timeout_seconds:
             raise ConfigError(
                 f"LEASE_SECONDS ({self.lease_seconds:g}) must be greater than "
                 f"OPENAI_TIMEOUT_SECONDS ({self.openai_timeout_seconds:g}): a lease must outlive a model call"
             )
+
+    def _check_channels(self) -> None:
+        """A channel is on when its verify token (Meta) or auth token (Twilio) is set; then
+        everything it needs to verify and answer must be set too."""
+        def need(channel: str, **values: str | None) -> None:
+            missing = [name.upper() for name, value in values.items() if not value]
+            if missing:
+                raise ConfigError(f"the {channel} channel is on, and needs " + " and ".join(missing))
+
+        if self.whatsapp_verify_token:
+            need("WhatsApp (WHATSAPP_VERIFY_TOKEN is set)", meta_app_secret=self.meta_app_secret,
+                 whatsapp_access_token=self.whatsapp_access_token)
+        if self.meta_verify_token:
+            need("Messenger/Instagram (META_VERIFY_TOKEN is set)",
+                 meta_app_secret_or_instagram_app_secret=self.meta_app_secret or self.instagram_app_secret,
+                 meta_page_access_token_or_instagram_access_token=self.meta_page_access_token
+                 or self.instagram_access_token)
+        if self.twilio_auth_token:
+            need("Twilio (TWILIO_AUTH_TOKEN is set)", twilio_account_sid=self.twilio_account_sid)
+        for name, url in (("META_GRAPH_BASE_URL", self.meta_graph_base_url),
+                          ("TWILIO_API_BASE_URL", self.twilio_api_base_url),
+                          ("TWILIO_WEBHOOK_URL", self.twilio_webhook_url)):
+            if url is not None and urlsplit(url).scheme not in ("http", "https"):
+                raise ConfigError(f"{name}={url!r} must be an http(s) URL")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -210,4 +253,19 @@ class Settings:
             media_max_audio_mb=_number(env, "MEDIA_MAX_AUDIO_MB", 25),
             media_max_image_mb=_number(env, "MEDIA_MAX_IMAGE_MB", 5),
             media_max_images=int(_number(env, "MEDIA_MAX_IMAGES", 4, whole=True)),
+            stale_message_seconds=_number(env, "STALE_MESSAGE_SECONDS", 3600),
+            meta_graph_base_url=(_text(env, "META_GRAPH_BASE_URL") or cls.meta_graph_base_url).rstrip("/"),
+            meta_graph_api_version=_text(env, "META_GRAPH_API_VERSION", cls.meta_graph_api_version)
+            or cls.meta_graph_api_version,
+            meta_app_secret=_text(env, "META_APP_SECRET"),
+            whatsapp_verify_token=_text(env, "WHATSAPP_VERIFY_TOKEN"),
+            whatsapp_access_token=_text(env, "WHATSAPP_ACCESS_TOKEN"),
+            meta_verify_token=_text(env, "META_VERIFY_TOKEN"),
+            instagram_app_secret=_text(env, "INSTAGRAM_APP_SECRET"),
+            meta_page_access_token=_text(env, "META_PAGE_ACCESS_TOKEN"),
+            instagram_access_token=_text(env, "INSTAGRAM_ACCESS_TOKEN"),
+            twilio_api_base_url=(_text(env, "TWILIO_API_BASE_URL") or cls.twilio_api_base_url).rstrip("/"),
+            twilio_account_sid=_text(env, "TWILIO_ACCOUNT_SID"),
+            twilio_auth_token=_text(env, "TWILIO_AUTH_TOKEN"),
+            twilio_webhook_url=_text(env, "TWILIO_WEBHOOK_URL"),
         )

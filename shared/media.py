@@ -17,10 +17,10 @@ import base64
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Protocol, Sequence
+from typing import Any, Awaitable, Mapping, Protocol, Sequence
 
 from shared.attachments import ASK_TO_TYPE, transcript_of
-from shared.channels.chatwoot import MediaTooLarge
+from shared.channels.base import MediaTooLarge
 from shared.models import ClaimedBuffer, PromptTurn, RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,10 @@ class MediaLimits:
 
 
 class MediaSource(Protocol):
-    """The channel's client: fetches an attachment's bytes."""
+    """The channels (shared/channels/router.py): the burst's channel fetches an attachment's bytes."""
 
-    async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]: ...
+    async def fetch_media(self, buffer: ClaimedBuffer, attachment: Mapping[str, Any], *,
+                          max_bytes: int) -> tuple[bytes, str | None]: ...
 
 
 class Transcriber(Protocol):
@@ -100,7 +101,8 @@ class MediaPreparer:
             attachment["media_note"] = too_long
             return
         try:
-            audio, content_type = await self._fetch(attachment, self._limits.max_audio_bytes)
+            audio, content_type = await self._source.fetch_media(buffer, attachment,
+                                                                max_bytes=self._limits.max_audio_bytes)
             transcript = (await self._transcriber.transcribe(
                 audio, _file_name(attachment, "voice"), content_type or attachment.get("content_type"))).strip()
         except MediaTooLarge:
@@ -124,7 +126,8 @@ class MediaPreparer:
             attachment["media_note"] = too_large
             return
         try:
-            data, content_type = await self._fetch(attachment, self._limits.max_image_bytes)
+            data, content_type = await self._source.fetch_media(buffer, attachment,
+                                                               max_bytes=self._limits.max_image_bytes)
         except MediaTooLarge:
             attachment["media_note"] = too_large
             return
@@ -139,12 +142,6 @@ class MediaPreparer:
             attachment["media_note"] = "an animated sticker, not shown"
         else:
             attachment["inline_image"] = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
-
-    async def _fetch(self, attachment: dict[str, Any], max_bytes: int) -> tuple[bytes, str | None]:
-        url = attachment.get("data_url")
-        if not isinstance(url, str) or not url:
-            raise ValueError("the attachment has no data_url")
-        return await self._source.fetch_media(url, max_bytes=max_bytes)
 
 
 def is_animated_webp(data: bytes) -> bool:

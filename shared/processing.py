@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
+from shared.channels.base import PermanentSendError
+from shared.channels.router import PartlySent
 from shared.db.errors import StoreError
 from shared.db.store import BufferStore
 from shared.llm import Responder
@@ -32,16 +34,15 @@ log = logging.getLogger(__name__)
 
 
 class Outbox(Protocol):
-    """A channel's client (shared/channels/): where replies go, and where media come from."""
+    """Where replies go and media come from: shared/channels/router.py, which hands each call to
+    the client of the burst's channel."""
 
-    async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> str | None:
-        """Post the reply; returns the channel's id for it, when it gives one."""
+    async def post_reply(self, buffer: ClaimedBuffer, text: str) -> str | None:
+        """Post the reply (split under the channel's limit); returns the channel's id for it."""
 
-    async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None: ...
+    async def set_typing(self, buffer: ClaimedBuffer, on: bool, last_message_id: str | None = None) -> None: ...
 
-    async def hand_off(self, account_id: str, conversation_id: str, reason: str, buffer_id: int) -> None: ...
-
-    async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]: ...
+    async def hand_off(self, buffer: ClaimedBuffer, reason: str) -> None: ...
 
 
 # Recording a reply that has left is retried this often (seconds before each try), never its post.
@@ -91,15 +92,15 @@ class BufferProcessor:
         again: the draft was discarded), cancelled (a human took over), retry, failed or lease_lost."""
         started = time.monotonic()
         typing = config.typing_indicators
-        if typing:
-            await self._typing(buffer, True)
         reply = buffer.draft
         uncounted_call = False  # a model call of this attempt that no SQL function has counted yet
         delivery = Delivery()
         try:
             if reply is None:
-                reply = await self._decide(buffer, config)
+                reply = await self._decide(buffer, config, typing)
                 uncounted_call = True
+            elif typing:  # a decision taken already: only its sending is left
+                await self._typing(buffer, True)
             # The decision is stored, and the burst marked as being sent, before anything is posted.
             verdict = await self._store.fence_reply(buffer, self._lease_seconds, model_called=uncounted_call,
                                                     decision=reply)
@@ -110,6 +111,10 @@ class BufferProcessor:
         except LeaseLost as exc:
             log.warning("%s", exc)
             return "lease_lost"
+        except PartlySent as exc:  # the retry sends only what is left
+            assert reply is not None
+            return await self._fail(buffer, exc, Reply(exc.remainder, reply.handoff_reason), model_called=False,
+                                    delivery=delivery.outcome)
         except Exception as exc:  # any failure of media, the model, the channel or the store: retry later
             return await self._fail(buffer, exc, reply, model_called=uncounted_call, delivery=delivery.outcome)
         finally:
@@ -127,8 +132,11 @@ class BufferProcessor:
                         "attempt": buffer.attempts, "duration_ms": round(elapsed_ms)})
         return "completed"
 
-    async def _decide(self, buffer: ClaimedBuffer, config: RuntimeConfig) -> Reply:
+    async def _decide(self, buffer: ClaimedBuffer, config: RuntimeConfig, typing: bool) -> Reply:
         turns = await self._store.buffer_prompt(buffer.buffer_id, self._history_messages)
+        if typing:  # on the customer's last message: WhatsApp marks it read and shows typing on it
+            await self._typing(buffer, True, next(
+                (t.external_id for t in reversed(turns) if t.in_burst and t.role == "user"), None))
         if any(turn.in_burst and turn.attachments for turn in turns):
             turns = await self._media.prepare(buffer, turns, config)
             # Downloads and transcriptions take time: hold the lease for the model call that follows.
@@ -145,17 +153,16 @@ class BufferProcessor:
         retried after its reply left must not send the reply again: that is recorded first."""
         if reply.text and not already_sent:
             try:
-                delivery.message_id = await self._outbox.post_reply(buffer.account_id, buffer.conversation_id,
-                                                                    reply.text, buffer.buffer_id)
+                delivery.message_id = await self._outbox.post_reply(buffer, reply.text)
             except Exception as exc:
-                delivery.outcome = "none" if _post_refused(exc) else "unknown"
+                cause = exc.cause if isinstance(exc, PartlySent) else exc
+                delivery.outcome = "none" if _post_refused(cause) else "unknown"
                 raise
             delivery.outcome = "left"
             if reply.handoff_reason:
                 await self._store.mark_reply_sent(buffer)
         if reply.handoff_reason:
-            await self._outbox.hand_off(buffer.account_id, buffer.conversation_id, reply.handoff_reason,
-                                        buffer.buffer_id)
+            await self._outbox.hand_off(buffer, reply.handoff_reason)
 
     async def _record_completion(self, buffer: ClaimedBuffer, reply: Reply, message_id: str | None) -> str:
         """The reply has left: record that, retrying the recording (never the post) while the
@@ -193,9 +200,11 @@ class BufferProcessor:
         wait = retry_after(exc)
         if wait is not None:
             return await self._defer(buffer, wait, error, reply, model_called=model_called, delivery=delivery)
+        # A refusal no retry can change (outside WhatsApp's 24-hour window): failed at once, visibly.
+        max_attempts = buffer.attempts if isinstance(exc, PermanentSendError) else self._max_attempts
         try:
             status = await self._store.fail_buffer(
-                buffer, error, max_attempts=self._max_attempts, backoff_seconds=self._backoff, reply_draft=reply,
+                buffer, error, max_attempts=max_attempts, backoff_seconds=self._backoff, reply_draft=reply,
                 model_called=model_called, delivery=delivery, send_grace_seconds=self._send_grace_seconds,
             )
         except Exception:
@@ -229,8 +238,8 @@ class BufferProcessor:
         log.warning("buffer %s rate limited, retrying in %.0f s: %s", buffer.buffer_id, wait, error)
         return "deferred"
 
-    async def _typing(self, buffer: ClaimedBuffer, on: bool) -> None:
+    async def _typing(self, buffer: ClaimedBuffer, on: bool, last_message_id: str | None = None) -> None:
         try:
-            await self._outbox.set_typing(buffer.account_id, buffer.conversation_id, on)
+            await self._outbox.set_typing(buffer, on, last_message_id)
         except Exception as exc:  # a typing indicator is cosmetic: never fail a reply over it
             log.warning("buffer %s: typing %s failed: %s", buffer.buffer_id, "on" if on else "off", exc)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from shared.dispatch import Dispatcher
     from shared.llm import Responder
     from shared.metrics import Metrics
-    from shared.processing import BufferProcessor, Outbox
+    from shared.channels.router import ChannelRouter
+    from shared.processing import BufferProcessor
     from shared.sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -76,21 +77,43 @@ class Runtime:
         )
 
     @cached_property
-    def outbox(self) -> Outbox:
+    def outbox(self) -> ChannelRouter:
+        """A client for every channel whose settings are set; Chatwoot's is the console without them."""
         import httpx
 
-        s = self.settings
+        from shared.channels.router import ChannelRouter
+
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
-        if not (s.chatwoot_base_url and s.chatwoot_api_token):
+        return ChannelRouter({client.channel: client for client in self._channel_clients(self._http)})
+
+    def _channel_clients(self, http: Any) -> list[Any]:
+        s = self.settings
+        clients: list[Any] = []
+        if s.chatwoot_base_url and s.chatwoot_api_token:
+            from shared.channels.chatwoot import ChatwootClient
+
+            clients.append(ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, http, s.chatwoot_media_hosts,
+                                          requests_per_minute=s.chatwoot_requests_per_minute))
+        else:
             from shared.channels.console import ConsoleOutbox
 
             log.warning("CHATWOOT_BASE_URL/CHATWOOT_API_TOKEN not set: replies are printed to this "
                         "console and kept in message_buffer.reply_content, not sent to Chatwoot")
-            return ConsoleOutbox(self._http)
-        from shared.channels.chatwoot import ChatwootClient
+            clients.append(ConsoleOutbox(http))
+        if s.whatsapp_access_token:
+            from shared.channels.whatsapp import WhatsAppClient
 
-        return ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, self._http, s.chatwoot_media_hosts,
-                              requests_per_minute=s.chatwoot_requests_per_minute)
+            clients.append(WhatsAppClient(s, http))
+        if s.meta_page_access_token or s.instagram_access_token:
+            from shared.channels.meta import INSTAGRAM, MESSENGER, MetaClient
+
+            clients += [MetaClient(channel, s, http) for channel, token in
+                        ((MESSENGER, s.meta_page_access_token), (INSTAGRAM, s.instagram_access_token)) if token]
+        if s.twilio_auth_token and s.twilio_account_sid:
+            from shared.channels.twilio import TwilioClient
+
+            clients.append(TwilioClient(s, http))
+        return clients
 
     @cached_property
     def processor(self) -> BufferProcessor:

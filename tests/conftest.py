@@ -37,8 +37,16 @@ APP_TIMING = BufferTiming(buffer_window_seconds=5, buffer_max_age_seconds=60, bu
 
 
 def chatwoot_fixture(name: str) -> dict[str, Any]:
-    """A captured Chatwoot 4.13 payload from tests/fixtures/chatwoot."""
-    return json.loads((FIXTURES / "chatwoot" / f"{name}.json").read_text())
+    """A captured Chatwoot 4.13 payload from tests/fixtures/chatwoot, delivered now: a message's
+    `created_at` is this moment (a captured one would be older than STALE_MESSAGE_SECONDS)."""
+    payload = json.loads((FIXTURES / "chatwoot" / f"{name}.json").read_text())
+    if isinstance(payload.get("created_at"), str):
+        payload["created_at"] = now_iso()
+    return payload
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
 
 def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> dict[str, str]:

@@ -21,19 +21,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from dataclasses import dataclass
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import orjson  # json.loads was a third of the handler's own CPU under load (py-spy)
 
+from shared.channels.base import (  # noqa: F401  (BadSignature... are imported from here too)
+    BadPayload, BadSignature, Ignored, MediaTooLarge, MediaUnavailable, WebhookRequest, read_capped,
+)
 from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit, ReplyEcho
 
 if TYPE_CHECKING:  # httpx stays off the webhook's import path
     import httpx
 
+    from shared.config import Settings
+
 CHANNEL = "chatwoot"
+MAX_CHARS = 4096  # Chatwoot's inboxes are mostly WhatsApp's: its limit
 SIGNATURE_MAX_AGE_SECONDS = 300
 # Stored in content_attributes of every reply we post: Chatwoot echoes it back, marking our own.
 REPLY_MARKER = "chatbuffer_buffer_id"
@@ -46,22 +52,6 @@ ATTACHMENT_KEYS = ("file_type", "content_type", "extension", "data_url", "file_s
 # Chatwoot's data_url can 404 for a few seconds right after message_created (the upload is still
 # running; Chatwoot itself waits up to 4 s): wait this long before each retry.
 MEDIA_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
-
-
-class BadSignature(Exception):
-    """The webhook signature is missing, wrong or stale."""
-
-
-class BadPayload(ValueError):
-    """The webhook body is not a Chatwoot event we can read."""
-
-
-class MediaUnavailable(Exception):
-    """An attachment could not be fetched; the message says why."""
-
-
-class MediaTooLarge(MediaUnavailable):
-    """An attachment is larger than the limit it was fetched with."""
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -93,14 +83,25 @@ def verify_token(expected: str, given: str | None) -> None:
         raise BadSignature("missing or wrong ?token=")
 
 
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    """A valid event that asks nothing of the bot; acknowledged, never stored."""
-
-    reason: str
-
-
 Event = InboundMessage | ConversationSignal | MessageEdit | ReplyEcho | Ignored
+
+
+def configured(settings: Settings) -> bool:
+    """Chatwoot's route is always there: without a secret or token it warns loudly at start and
+    accepts anyone (a developer's machine, the playground)."""
+    return True
+
+
+def verify(settings: Settings, request: WebhookRequest) -> None:
+    if settings.chatwoot_webhook_secret:
+        verify_signature(settings.chatwoot_webhook_secret, request.headers.get("x-chatwoot-timestamp"),
+                         request.headers.get("x-chatwoot-signature"), request.body, now=time.time())
+    elif settings.chatwoot_webhook_token:
+        verify_token(settings.chatwoot_webhook_token, request.query.get("token"))
+
+
+def parse(settings: Settings, body: bytes) -> list[Event]:
+    return [parse_event(body, settings.chatwoot_answer_statuses)]
 
 
 def parse_event(body: bytes, answer_statuses: frozenset[str]) -> Event:
@@ -339,25 +340,13 @@ async def fetch_attachment(
                 else:
                     if response.status_code >= 400:
                         raise MediaUnavailable(f"HTTP {response.status_code}")
-                    return await _read_capped(response, max_bytes), response.headers.get("content-type")
+                    return await read_capped(response, max_bytes), response.headers.get("content-type")
         except httpx.TransportError as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if delay is None:
             break
         await asyncio.sleep(delay)
     raise MediaUnavailable(f"{problem} after {len(retry_delays) + 1} attempts")
-
-
-async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise MediaTooLarge(f"{int(declared)} bytes, over the {max_bytes}-byte limit")
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > max_bytes:
-            raise MediaTooLarge(f"over the {max_bytes}-byte limit")
-    return bytes(body)
 
 
 class ChatwootClient:
@@ -398,7 +387,11 @@ class ChatwootClient:
             return None
         return str(message_id) if _is_id(message_id) else None
 
-    async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None:
+    channel = CHANNEL
+    max_chars = MAX_CHARS
+
+    async def set_typing(self, account_id: str, conversation_id: str, on: bool,
+                         last_message_id: str | None = None) -> None:
         await self._post(account_id, conversation_id, "toggle_typing_status",
                          {"typing_status": "on" if on else "off"})
 
@@ -411,6 +404,9 @@ class ChatwootClient:
             "content_type": "text", "content_attributes": {REPLY_MARKER: buffer_id},
         })
 
-    async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
+    async def fetch_media(self, attachment: Mapping[str, Any], *, max_bytes: int) -> tuple[bytes, str | None]:
+        url = attachment.get("data_url")
+        if not isinstance(url, str) or not url:
+            raise MediaUnavailable("the attachment has no data_url")
         async with self._budget:
             return await fetch_attachment(self._http, url, max_bytes=max_bytes, allowed_hosts=self._media_hosts)

@@ -9,7 +9,7 @@ this is a developer's machine).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
 from shared.channels.chatwoot import MediaUnavailable, fetch_attachment
 
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 
 class ConsoleOutbox:
+    channel = "chatwoot"  # it stands in for Chatwoot
+    max_chars = 100_000  # a terminal: nothing to split
+
     def __init__(self, http: httpx.AsyncClient | None = None, stream: TextIO | None = None) -> None:
         self._http = http
         self._stream = stream
@@ -30,14 +33,16 @@ class ConsoleOutbox:
                     f"buffer {buffer_id}]\n{content}")
         return None  # a console has no message ids
 
-    async def set_typing(self, account_id: str, conversation_id: str, on: bool) -> None:
+    async def set_typing(self, account_id: str, conversation_id: str, on: bool,
+                         last_message_id: str | None = None) -> None:
         return None
 
     async def hand_off(self, account_id: str, conversation_id: str, reason: str, buffer_id: int) -> None:
         self._print(f"[hand-off to a human: chatwoot account {account_id} conversation {conversation_id}, "
                     f"buffer {buffer_id}] {reason}")
 
-    async def fetch_media(self, url: str, *, max_bytes: int) -> tuple[bytes, str | None]:
-        if self._http is None:
-            raise MediaUnavailable("no HTTP client for media in this console")
+    async def fetch_media(self, attachment: Mapping[str, Any], *, max_bytes: int) -> tuple[bytes, str | None]:
+        url = attachment.get("data_url")
+        if self._http is None or not isinstance(url, str) or not url:
+            raise MediaUnavailable("no HTTP client for media in this console, or no data_url")
         return await fetch_attachment(self._http, url, max_bytes=max_bytes)

@@ -62,6 +62,26 @@ class BufferStore:
         )
         return IngestResult.from_row(rows[0])
 
+    async def store_stale(self, message: InboundMessage, reason: str) -> IngestResult:
+        """A message that arrived long after it was sent: history, never answered."""
+        rows = await self._connector.call(
+            "store_stale_message",
+            {
+                "p_channel": message.channel,
+                "p_account_id": message.account_id,
+                "p_conversation_id": message.conversation_id,
+                "p_external_id": message.external_id,
+                "p_content": message.content,
+                "p_attachments": list(message.attachments),
+                "p_sent_at": message.sent_at,
+                "p_reason": reason,
+                "p_inbox_id": message.inbox_id,
+            },
+        )
+        row = rows[0]
+        return IngestResult(buffer_id=int(row["buffer_id"]), accepted=bool(row["accepted"]), message_count=1,
+                            due_at=None, flush_now=False, others_due=False, settings_error=None, held_reason=reason)
+
     async def record_signal(self, signal: ConversationSignal, pause_seconds: float) -> SignalResult:
         """A human took over, or the conversation was resolved or handed back to the bot."""
         human = signal.message

@@ -1,11 +1,17 @@
 """The HTTP surface: where a message enters.
 
-POST /webhooks/chatwoot verifies, reads and stores in one database call, and answers at once:
-Chatwoot waits 5 s, and an agent-bot delivery that fails, times out or gets a 4xx hands the
-customer to a human. So after a valid signature nothing is refused: a customer's message is
-buffered, a human's message or a status change pauses or resumes the bot, an edit updates a
-waiting message, and a body that cannot be read at all is kept as a dead letter for an operator.
-No model or outbound call ever runs inside the request.
+POST /webhooks/<channel> verifies the raw bytes, reads them with the channel's adapter
+(shared/channels/<channel>.py) and stores each event in one database call, and answers at once:
+Chatwoot waits 5 s (and hands the customer to a human on a 4xx or a timeout), Twilio 15 s, and Meta
+redelivers anything but a 200 for days. So after a valid signature nothing is refused: a
+customer's message is buffered (or kept as history when it is stale: STALE_MESSAGE_SECONDS), a
+human's message or a status change pauses or resumes the bot, an edit updates a waiting message,
+and a body that cannot be read at all is kept as a dead letter for an operator. No model or
+outbound call ever runs inside the request.
+
+Chatwoot's route is always there. WhatsApp's (/webhooks/whatsapp), Messenger and Instagram's
+(/webhooks/meta) and Twilio's (/webhooks/twilio) exist only when their settings are set: otherwise
+they answer 404 and their adapters are never imported.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ import contextlib
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from types import ModuleType
+from typing import Any, AsyncIterator, Sequence
 
 import orjson
 from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from shared.channels import chatwoot
+from shared.channels.base import BadPayload, BadSignature, Ignored, WebhookRequest
 from shared.config import ConfigError, Settings
 from shared.db.errors import StoreError
 from shared.models import ConversationSignal, InboundMessage, MessageEdit, ReplyEcho
@@ -51,19 +59,6 @@ async def _read_body(request: Request) -> bytes:
         if len(body) > MAX_BODY_BYTES:
             raise BodyTooLarge
     return bytes(body)
-
-
-def _authenticate(settings: Settings, request: Request, body: bytes) -> None:
-    if settings.chatwoot_webhook_secret:
-        chatwoot.verify_signature(
-            settings.chatwoot_webhook_secret,
-            request.headers.get("x-chatwoot-timestamp"),
-            request.headers.get("x-chatwoot-signature"),
-            body,
-            now=time.time(),
-        )
-    elif settings.chatwoot_webhook_token:
-        chatwoot.verify_token(settings.chatwoot_webhook_token, request.query_params.get("token"))
 
 
 def _warn_if_open(settings: Settings) -> None:
@@ -104,35 +99,8 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False, adm
     async def health() -> Response:
         return _reply(200, status="ok")
 
-    async def chatwoot_webhook(request: Request) -> Response:
-        try:
-            body = await _read_body(request)
-        except BodyTooLarge:
-            return _reply(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
-        try:
-            _authenticate(settings, request, body)
-        except chatwoot.BadSignature as exc:
-            log.warning("chatwoot webhook refused: %s", exc)
-            return _reply(401, error=str(exc))
-        try:
-            event = chatwoot.parse_event(body, settings.chatwoot_answer_statuses)
-            if isinstance(event, chatwoot.Ignored):
-                return _reply(200, status="ignored", reason=event.reason)
-            return await _store_event(request.app, runtime, event)
-        except chatwoot.BadPayload as exc:
-            return await _dead_letter(runtime, chatwoot.CHANNEL, str(exc), body)
-        except (StoreError, ConfigError) as exc:
-            if isinstance(exc, StoreError) and (exc.code or "").startswith("22"):
-                # A data exception (SQLSTATE class 22): a retry would fail the same way.
-                return await _dead_letter(runtime, chatwoot.CHANNEL, f"the database refused its data: {exc}", body)
-            # 500 makes Chatwoot retry the delivery (it retries agent bots on 429 and 500 only).
-            log.error("storing a chatwoot event failed: %s", exc)
-            return _reply(500, error="could not store the event; retry")
-
-    # A plain Starlette route: the handler reads the raw body itself (the signature covers the
-    # exact bytes) and FastAPI has nothing to inject or validate. Skipping FastAPI's request
-    # handling saves ~30 us per message, a tenth of the webhook's CPU (docs/benchmarks.md).
-    app.add_route("/webhooks/chatwoot", chatwoot_webhook, methods=["POST"])
+    for adapter in _channels(settings):
+        _mount_channel(app, runtime, adapter)
 
     @app.post("/sweep", status_code=202)
     async def sweep(request: Request) -> Response:
@@ -143,7 +111,7 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False, adm
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         try:
             chatwoot.verify_token(expected, given)
-        except chatwoot.BadSignature:
+        except BadSignature:
             return _reply(401, error="missing or wrong bearer token")
         await runtime.dispatcher.dispatch([], fallback=False)
         return _reply(202, status="sweep started")
@@ -166,44 +134,148 @@ def create_app(runtime: Runtime | None = None, *, run_sweeper: bool = False, adm
     return app
 
 
+def _channels(settings: Settings) -> list[ModuleType]:
+    """The adapters whose settings are set: only these are imported."""
+    adapters = [chatwoot]
+    if settings.whatsapp_verify_token:
+        from shared.channels import whatsapp
+
+        adapters.append(whatsapp)
+    if settings.meta_verify_token:
+        from shared.channels import meta
+
+        adapters.append(meta)
+    if settings.twilio_auth_token:
+        from shared.channels import twilio
+
+        adapters.append(twilio)
+    return adapters
+
+
+def _mount_channel(app: FastAPI, runtime: Runtime, adapter: ModuleType) -> None:
+    """POST /webhooks/<name> (and Meta's GET handshake) for one channel's adapter. A plain
+    Starlette route: the handler reads the raw body itself (the signature covers the exact bytes)
+    and FastAPI has nothing to inject or validate; skipping its request handling saves ~30 us per
+    message, a tenth of the webhook's CPU (docs/benchmarks.md)."""
+    settings = runtime.settings
+    name = adapter.__name__.rsplit(".", 1)[-1]
+    acknowledge = _twiml if name == "twilio" else _reply
+
+    async def webhook(request: Request) -> Response:
+        try:
+            body = await _read_body(request)
+        except BodyTooLarge:
+            return _reply(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            adapter.verify(settings, WebhookRequest(body, request.headers, request.query_params, str(request.url)))
+        except BadSignature as exc:
+            log.warning("%s webhook refused: %s", name, exc)
+            return _reply(401, error=str(exc))
+        try:
+            events = adapter.parse(settings, body)
+            status, answer = await _store_events(request.app, runtime, events)
+        except BadPayload as exc:
+            status, answer = await _dead_letter(runtime, name, str(exc), body)
+        except (StoreError, ConfigError) as exc:
+            if isinstance(exc, StoreError) and (exc.code or "").startswith("22"):
+                # A data exception (SQLSTATE class 22): a retry would fail the same way.
+                status, answer = await _dead_letter(runtime, name, f"the database refused its data: {exc}", body)
+            else:
+                # 500: the platform retries the delivery (Chatwoot on 429 and 500 only); what was
+                # stored of it already is a duplicate then.
+                log.error("storing a %s event failed: %s", name, exc)
+                status, answer = 500, {"error": "could not store the event; retry"}
+        return acknowledge(status, **answer)
+
+    app.add_route(f"/webhooks/{name}", webhook, methods=["POST"])
+    if hasattr(adapter, "handshake"):
+        async def handshake(request: Request) -> Response:
+            """Meta's check when the webhook is saved in its console: the bare challenge, or 403."""
+            try:
+                return PlainTextResponse(adapter.handshake(settings, request.query_params))
+            except BadSignature as exc:
+                log.warning("%s webhook handshake refused: %s", name, exc)
+                return _reply(403, error=str(exc))
+
+        app.add_route(f"/webhooks/{name}", handshake, methods=["GET"])
+
+
+def _twiml(status_code: int, **body: Any) -> Response:
+    """Twilio reads the answer as TwiML: an empty <Response/> says "nothing to send now" (an empty
+    body would be its error 11200). The outcome goes to the log instead."""
+    log.debug("twilio webhook: %s %s", status_code, body)
+    from shared.channels.twilio import EMPTY_TWIML
+
+    return Response(EMPTY_TWIML, status_code=status_code, media_type="text/xml")
+
+
+async def _store_events(app: FastAPI, runtime: Runtime, events: Sequence[Any]) -> tuple[int, dict[str, Any]]:
+    """Each event of a delivery, in order (Meta batches several). One event answers as itself;
+    several as a list. A failure stops here and asks for the whole delivery again."""
+    results = []
+    for event in events:
+        if isinstance(event, Ignored):
+            results.append({"status": "ignored", "reason": event.reason})
+        else:
+            results.append(await _store_event(app, runtime, event))
+    if len(results) == 1:
+        return 200, results[0]
+    if not results:
+        return 200, {"status": "ignored", "reason": "nothing for the bot in this delivery"}
+    return 200, {"status": "batch", "results": results}
+
+
 async def _store_event(app: FastAPI, runtime: Runtime,
-                       event: InboundMessage | ConversationSignal | MessageEdit | ReplyEcho
-                       ) -> Response:
-    """One database call per event; the kinds are the channel's (shared/channels/)."""
+                       event: InboundMessage | ConversationSignal | MessageEdit | ReplyEcho) -> dict[str, Any]:
+    """One database call per event; the kinds are the channels' (shared/channels/)."""
     store = runtime.store
     if isinstance(event, ConversationSignal):
         signal = await store.record_signal(event, runtime.settings.bot_pause_after_human_seconds)
         log.info("%s conversation %s: %s -> %s, %d waiting burst(s) cancelled",
                  event.channel, event.conversation_id, event.kind, signal.outcome, signal.cancelled)
-        return _reply(200, status=signal.outcome, cancelled=signal.cancelled)
+        return {"status": signal.outcome, "cancelled": signal.cancelled}
     if isinstance(event, ReplyEcho):  # our reply came back: it has left, whatever happens to its worker
-        return _reply(200, status=f"echo {await store.record_reply_echo(event)}")
+        return {"status": f"echo {await store.record_reply_echo(event)}"}
     if isinstance(event, MessageEdit):
-        return _reply(200, status=f"edit {await store.edit_waiting_message(event)}")
-    result = await store.ingest(event)
+        return {"status": f"edit {await store.edit_waiting_message(event)}"}
+    stale = _stale_reason(event, runtime.settings.stale_message_seconds)
+    result = await (store.store_stale(event, stale) if stale else store.ingest(event))
     if result.settings_error:
         log.error("%s", result.settings_error)
     if not result.accepted:
-        return _reply(200, status="duplicate", buffer_id=result.buffer_id)
+        return {"status": "duplicate", "buffer_id": result.buffer_id}
     if result.held_reason:
-        return _reply(200, status="held", buffer_id=result.buffer_id, reason=result.held_reason)
+        if stale:
+            log.warning("%s message kept as history, not answered: %s", event.channel, stale)
+        return {"status": "stale" if stale else "held", "buffer_id": result.buffer_id, "reason": result.held_reason}
     if runtime.metrics.enabled:  # on Lambda: one EMF line per stored message (it freezes after answering)
         runtime.metrics.count("MessagesIngested")
         runtime.metrics.flush(Function="webhook", channel=event.channel)
     await _after_ingest(app, runtime, result)
-    return _reply(200, status="buffered", buffer_id=result.buffer_id, flush_now=result.flush_now)
+    return {"status": "buffered", "buffer_id": result.buffer_id, "flush_now": result.flush_now}
 
 
-async def _dead_letter(runtime: Runtime, channel: str, reason: str, body: bytes) -> Response:
+def _stale_reason(message: InboundMessage, limit_seconds: float) -> str | None:
+    """Why a message is too old to answer (a platform's redelivery after an outage), or None."""
+    if message.sent_at is None:
+        return None
+    age = (datetime.now(timezone.utc) - message.sent_at).total_seconds()
+    if age <= limit_seconds:
+        return None
+    return f"stale: sent {age / 60:.0f} min before it arrived (STALE_MESSAGE_SECONDS={limit_seconds:g})"
+
+
+async def _dead_letter(runtime: Runtime, channel: str, reason: str, body: bytes) -> tuple[int, dict[str, Any]]:
     """A signed body we cannot read: kept for an operator and acknowledged, because a 4xx would
-    make Chatwoot hand the customer to a human. If even that cannot be stored, 500: a retry."""
+    make Chatwoot hand the customer to a human (and Meta would redeliver it for days). If even
+    that cannot be stored, 500: a retry."""
     try:
         dead_letter_id = await runtime.store.record_dead_letter(channel, reason, body)
     except StoreError as exc:
         log.error("unreadable %s webhook (%s) could not be kept: %s", channel, reason, exc)
-        return _reply(500, error="could not store the event; retry")
+        return 500, {"error": "could not store the event; retry"}
     log.error("unreadable %s webhook kept as dead letter %s: %s", channel, dead_letter_id, reason)
-    return _reply(200, status="unreadable", dead_letter_id=dead_letter_id, error=reason)
+    return 200, {"status": "unreadable", "dead_letter_id": dead_letter_id, "error": reason}
 
 
 async def _after_ingest(app: FastAPI, runtime: Runtime, result: Any) -> None:

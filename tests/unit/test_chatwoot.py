@@ -11,14 +11,15 @@ from shared.channels.chatwoot import (
     sign, verify_signature, verify_token,
 )
 from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit, ReplyEcho
-from tests.conftest import chatwoot_fixture
+from tests.conftest import FIXTURES, chatwoot_fixture
 
 PENDING = frozenset({"pending"})
 NOW = 1_776_697_400
 
 
 def body_of(name: str) -> bytes:
-    return json.dumps(chatwoot_fixture(name), ensure_ascii=False).encode()
+    """The captured payload as captured (its own created_at): the parser's input."""
+    return (FIXTURES / "chatwoot" / f"{name}.json").read_bytes()
 
 
 # Each captured event kind and what the bot must make of it.
@@ -309,9 +310,9 @@ async def test_media_hosts_besides_the_api_host() -> None:
     async with httpx.AsyncClient() as http:
         internal = ChatwootClient("http://chatwoot-web:3000", "tok", http)
         with pytest.raises(MediaUnavailable, match="CHATWOOT_MEDIA_HOSTS"):
-            await internal.fetch_media("https://chat.public.example/rails/active_storage/blobs/redirect/k/a.ogg",
+            await internal.fetch_media({"data_url": "https://chat.public.example/rails/active_storage/blobs/redirect/k/a.ogg"},
                                        max_bytes=10)
         allowed = ChatwootClient("http://chatwoot-web:3000", "tok", http, frozenset({"chat.public.example"}))
-        data, _ = await allowed.fetch_media("https://chat.public.example/rails/active_storage/blobs/redirect/k/a.ogg",
-                                            max_bytes=10)
+        data, _ = await allowed.fetch_media(
+            {"data_url": "https://chat.public.example/rails/active_storage/blobs/redirect/k/a.ogg"}, max_bytes=10)
     assert data == b"OggS"

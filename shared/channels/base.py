@@ -1,0 +1,136 @@
+"""What every channel adapter shares: the request it verifies, the errors it raises, the splitting
+of a long reply, and a capped download.
+
+Each adapter (shared/channels/<name>.py) has the same shape:
+  verify(settings, request)      raise BadSignature unless the platform signed these exact bytes
+  parse(settings, body)          the deliveries' inbound messages and signals (zero or more)
+  <Name>Client                   post_reply, set_typing, hand_off, fetch_media (the sweeper's side)
+and, for the platforms with a subscription handshake, handshake(settings, query).
+
+Light on purpose: the webhook imports it, so no httpx, no model SDK.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    import httpx
+
+
+class BadSignature(Exception):
+    """The webhook signature is missing, wrong or stale."""
+
+
+class BadPayload(ValueError):
+    """The webhook body is not an event of this platform that we can read."""
+
+
+class MediaUnavailable(Exception):
+    """An attachment could not be fetched; the message says why."""
+
+
+class MediaTooLarge(MediaUnavailable):
+    """An attachment is larger than the limit it was fetched with."""
+
+
+class PermanentSendError(Exception):
+    """The platform refused the reply for a reason no retry can change (WhatsApp's 24-hour
+    customer-service window, a channel that is not configured here): the burst ends `failed` at
+    once, with this message, instead of being retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A valid event that asks nothing of the bot; acknowledged, never stored."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """A webhook as its signature covers it: the raw bytes, the headers (lower-case names), the
+    query string's parameters, and the address it was sent to."""
+
+    body: bytes
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    url: str
+
+
+# --- long replies -----------------------------------------------------------------------------------
+
+_PARAGRAPHS = re.compile(r"\n\s*\n")
+_SENTENCE_ENDS = re.compile(r"(?<=[.!?…。])\s+")
+
+
+def split_reply(text: str, limit: int) -> list[str]:
+    """`text` as messages of at most `limit` characters, cut at paragraph breaks, else at sentence
+    ends, else at spaces (a single word longer than a message is cut where it must be). Several
+    parts carry a "(1/3) " prefix, so the customer reads them as one answer in order."""
+    text = text.strip()
+    if len(text) <= limit:
+        return [text]
+    room = limit - len("(99/99) ")  # the prefix's room, for up to 99 parts
+    parts = _pack(_pieces(text, room), room)
+    return [f"({n}/{len(parts)}) {part}" for n, part in enumerate(parts, 1)]
+
+
+def _pieces(text: str, room: int) -> list[tuple[str, str]]:
+    """The text cut into (joiner, piece) pairs no longer than `room`, coarsest cut first."""
+    pieces: list[tuple[str, str]] = []
+    for paragraph in (p.strip() for p in _PARAGRAPHS.split(text)):
+        if not paragraph:
+            continue
+        joiner = "\n\n"
+        for sentence in _cut(paragraph, room, _SENTENCE_ENDS):
+            for chunk in _cut(sentence, room, re.compile(r"\s+")):
+                for start in range(0, len(chunk), room):
+                    pieces.append((joiner, chunk[start:start + room]))
+                    joiner = " "
+    return pieces
+
+
+def _cut(text: str, room: int, boundary: re.Pattern[str]) -> list[str]:
+    return [text] if len(text) <= room else [p for p in boundary.split(text) if p]
+
+
+def _pack(pieces: list[tuple[str, str]], room: int) -> list[str]:
+    """Greedy: as many whole pieces per message as fit."""
+    parts: list[str] = []
+    current = ""
+    for joiner, piece in pieces:
+        if current and len(current) + len(joiner) + len(piece) <= room:
+            current += joiner + piece
+        else:
+            if current:
+                parts.append(current)
+            current = piece
+    if current:
+        parts.append(current)
+    return parts
+
+
+# --- media ------------------------------------------------------------------------------------------
+
+async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """The body of a streamed response, refused past `max_bytes` (declared or counted)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise MediaTooLarge(f"{int(declared)} bytes, over the {max_bytes}-byte limit")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > max_bytes:
+            raise MediaTooLarge(f"over the {max_bytes}-byte limit")
+    return bytes(body)
+
+
+async def download(http: httpx.AsyncClient, url: str, *, max_bytes: int, **request: object) -> tuple[bytes, str | None]:
+    """GET `url` once (with the platform's credentials in `request`, if any), capped at max_bytes."""
+    async with http.stream("GET", url, follow_redirects=True, **request) as response:  # type: ignore[arg-type]
+        if response.status_code >= 400:
+            raise MediaUnavailable(f"HTTP {response.status_code}")
+        return await read_capped(response, max_bytes), response.headers.get("content-type")
