@@ -148,7 +148,7 @@ class MetaClient:
                     buffer_id, self.channel)
 
     async def fetch_media(self, attachment: Mapping[str, Any], *, max_bytes: int) -> tuple[bytes, str | None]:
-        url = attachment.get("data_url")
-        if not isinstance(url, str) or not url.startswith("https://"):
-            raise MediaUnavailable("the attachment has no https url")
+        url = attachment.get("data_url")  # from a signed delivery: Meta's CDN
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise MediaUnavailable("the attachment has no http(s) url")
         return await download(self._http, url, max_bytes=max_bytes)

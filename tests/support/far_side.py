@@ -1,4 +1,4 @@
-"""TEST CODE: a fake of the far side of HTTP (OpenAI and Chatwoot) served on loopback.
+"""TEST CODE: a fake of the far side of HTTP (OpenAI, Chatwoot, Meta's Graph API, Twilio) on loopback.
 
 Real HTTP, so the official OpenAI SDK (httpx2), the Chatwoot client (httpx) and a `chatbuffer serve`
 subprocess all talk to it unchanged. It records what it receives, can answer slowly (benchmarks)
@@ -70,13 +70,16 @@ class FarSide:
     transcriptions: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)  # toggle_status calls
     media: dict[str, MediaFile] = field(default_factory=dict)
+    # Meta's Graph API and Twilio's Messages API: every call, and errors to answer the next sends with.
+    platform_calls: list[dict[str, Any]] = field(default_factory=list)  # platform, path, body, auth
+    platform_errors: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
     def reset(self) -> None:
         with self.lock:
             for recorded in (self.completions, self.replies, self.typing, self.decisions, self.transcriptions,
-                             self.statuses):
+                             self.statuses, self.platform_calls, self.platform_errors):
                 recorded.clear()
             self.media.clear()
             self.fail_completions = self.fail_replies = self.fail_handoffs = self.structured_refusals = 0
@@ -93,6 +96,65 @@ class FarSide:
         with self.lock:
             self.media[key] = MediaFile(data, content_type, not_found_first)
         return f"{self.url}/rails/active_storage/blobs/redirect/{key}/{key}"
+
+    def platform_sends(self, platform: str) -> list[dict[str, Any]]:
+        """The replies posted to Meta's Graph API ("graph") or Twilio ("twilio"); not typing nor reads."""
+        return [c for c in self.platform_calls if c["platform"] == platform and c["kind"] == "reply"]
+
+    def platform_typing(self) -> list[dict[str, Any]]:
+        return [c for c in self.platform_calls if c["kind"] == "typing"]
+
+    async def graph_messages(self, request: Request) -> JSONResponse:
+        """Meta's Send API (Messenger, Instagram) and the Cloud API's messages endpoint (WhatsApp)."""
+        body = await request.json()
+        kind = "typing" if "status" in body or "sender_action" in body else "reply"
+        with self.lock:
+            self.platform_calls.append({"platform": "graph", "kind": kind, "account": request.path_params["account"],
+                                        "body": body, "auth": request.headers.get("authorization"), "at": time.time()})
+            error = self.platform_errors.pop(0) if kind == "reply" and self.platform_errors else None
+            n = len(self.platform_calls)
+        if error:
+            return JSONResponse(error[1], status_code=error[0])
+        if kind == "typing":
+            return JSONResponse({"success": True})
+        if body.get("messaging_product") == "whatsapp":
+            return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": body.get("to")}],
+                                 "messages": [{"id": f"wamid.OUT{n}"}]})
+        return JSONResponse({"recipient_id": body["recipient"]["id"], "message_id": f"m_OUT{n}"})
+
+    async def graph_media(self, request: Request) -> Response:
+        """The Cloud API's first media step: a media id's short-lived URL (bearer token required)."""
+        key = request.path_params["media_id"]
+        media = self.media.get(key)
+        if not request.headers.get("authorization", "").startswith("Bearer ") or media is None:
+            return JSONResponse({"error": {"code": 100, "message": "no such media"}}, status_code=404)
+        return JSONResponse({"url": f"{self.url}/graph-media/{key}", "mime_type": media.content_type,
+                             "file_size": len(media.data), "id": key, "messaging_product": "whatsapp"})
+
+    async def graph_media_bytes(self, request: Request) -> Response:
+        media = self.media.get(request.path_params["media_id"])
+        if not request.headers.get("authorization", "").startswith("Bearer ") or media is None:
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return Response(media.data, media_type=media.content_type)
+
+    async def twilio_messages(self, request: Request) -> JSONResponse:
+        from urllib.parse import parse_qsl
+
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        with self.lock:
+            self.platform_calls.append({"platform": "twilio", "kind": "reply", "account": request.path_params["sid"],
+                                        "body": form, "auth": request.headers.get("authorization"), "at": time.time()})
+            error = self.platform_errors.pop(0) if self.platform_errors else None
+            n = len(self.platform_calls)
+        if error:
+            return JSONResponse(error[1], status_code=error[0])
+        return JSONResponse({"sid": f"SMOUT{n}", "status": "queued", "body": form.get("Body")}, status_code=201)
+
+    async def twilio_media(self, request: Request) -> Response:
+        media = self.media.get(request.path_params["media"])
+        if not request.headers.get("authorization", "").startswith("Basic ") or media is None:
+            return JSONResponse({"code": 20003, "message": "Authenticate"}, status_code=401)
+        return Response(media.data, media_type=media.content_type)
 
     def public_replies(self) -> list[dict[str, Any]]:
         return [r for r in self.replies if not r["body"].get("private")]
@@ -265,6 +327,11 @@ class FarSide:
             Route("/v1/audio/transcriptions", self.audio_transcription, methods=["POST"]),
             Route("/rails/active_storage/blobs/redirect/{key}/{name}", self.media_redirect, methods=["GET"]),
             Route("/storage/{key}", self.media_storage, methods=["GET"]),
+            Route("/v26.0/{account}/messages", self.graph_messages, methods=["POST"]),
+            Route("/v26.0/{media_id}", self.graph_media, methods=["GET"]),
+            Route("/graph-media/{media_id}", self.graph_media_bytes, methods=["GET"]),
+            Route("/2010-04-01/Accounts/{sid}/Messages.json", self.twilio_messages, methods=["POST"]),
+            Route("/2010-04-01/Accounts/{sid}/Messages/{message}/Media/{media}", self.twilio_media, methods=["GET"]),
             Route("/_stats", self.stats, methods=["GET"]),
             Route("/health", lambda request: JSONResponse({"status": "ok"}), methods=["GET"]),
         ])
