@@ -35,6 +35,14 @@ def test_environment_is_read() -> None:
         ({"SWEEP_INTERVAL_SECONDS": "soon"}, "not a number"),
         ({"LEASE_SECONDS": "20"}, "LEASE_SECONDS"),
         ({"BUFFER_POLICY": "smart"}, "BUFFER_POLICY='smart' must be one of fixed, adaptive"),
+        # A channel turned on without what it needs to verify and answer.
+        ({"WHATSAPP_VERIFY_TOKEN": "v", "WHATSAPP_ACCESS_TOKEN": "t"}, "WhatsApp .* needs META_APP_SECRET"),
+        ({"WHATSAPP_VERIFY_TOKEN": "v", "META_APP_SECRET": "s"}, "needs WHATSAPP_ACCESS_TOKEN"),
+        ({"META_VERIFY_TOKEN": "v", "META_APP_SECRET": "s"}, "needs META_PAGE_ACCESS_TOKEN_OR_INSTAGRAM_ACCESS_TOKEN"),
+        ({"TWILIO_AUTH_TOKEN": "t"}, "Twilio .* needs TWILIO_ACCOUNT_SID"),
+        ({"TWILIO_AUTH_TOKEN": "t", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_WEBHOOK_URL": "hooks.example.com/x"},
+         "TWILIO_WEBHOOK_URL='hooks.example.com/x' must be an http"),
+        ({"STALE_MESSAGE_SECONDS": "0"}, "STALE_MESSAGE_SECONDS=0 must be greater than 0"),
     ],
 )
 def test_impossible_settings_are_refused(env: dict[str, str], error: str) -> None:
@@ -43,5 +51,16 @@ def test_impossible_settings_are_refused(env: dict[str, str], error: str) -> Non
 
 
 def test_secrets_stay_out_of_repr() -> None:
-    s = Settings.from_env({"OPENAI_API_KEY": "sk-very-secret", "CHATWOOT_WEBHOOK_SECRET": "whsec"})
-    assert "sk-very-secret" not in repr(s) and "whsec" not in repr(s)
+    s = Settings.from_env({"OPENAI_API_KEY": "sk-very-secret", "CHATWOOT_WEBHOOK_SECRET": "whsec",
+                           "META_APP_SECRET": "meta-app-secret", "WHATSAPP_VERIFY_TOKEN": "wa-verify",
+                           "WHATSAPP_ACCESS_TOKEN": "wa-access", "TWILIO_AUTH_TOKEN": "tw-auth",
+                           "TWILIO_ACCOUNT_SID": "AC1"})
+    for secret in ("sk-very-secret", "whsec", "meta-app-secret", "wa-verify", "wa-access", "tw-auth"):
+        assert secret not in repr(s)
+
+
+def test_channel_settings_and_their_defaults() -> None:
+    s = Settings.from_env({"WHATSAPP_VERIFY_TOKEN": "v", "WHATSAPP_ACCESS_TOKEN": "t", "META_APP_SECRET": "s",
+                           "META_GRAPH_BASE_URL": "http://graph.proxy.internal/", "TWILIO_API_BASE_URL": " "})
+    assert (s.meta_graph_base_url, s.meta_graph_api_version) == ("http://graph.proxy.internal", "v26.0")
+    assert s.twilio_api_base_url == "https://api.twilio.com" and s.stale_message_seconds == 3600
