@@ -37,8 +37,8 @@ async def health() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@app.post("/webhooks/chatwoot")
-async def insert_one_row(request: Request) -> JSONResponse:
+@app.post("/webhooks/{channel}")
+async def insert_one_row(channel: str, request: Request) -> JSONResponse:
     body = await request.body()
     pool = await _get_pool()
     await pool.execute("insert into bench_floor (size) values ($1)", len(body))

@@ -5,6 +5,9 @@ run with the same load generator, uvicorn + a bare FastAPI endpoint inserting on
 (bench/floor_app.py). wrk, a C load generator, sends pre-signed unique requests so the 2-core
 machine's CPU goes to the server and the database, not to the client. Rounds alternate the two
 servers; medians are reported. Each measurement gets a fresh database.
+
+Every channel is configured in chatbuffer's app; BENCH_INGEST_CHANNEL (chatwoot, whatsapp,
+messenger, instagram, twilio) chooses whose signed deliveries are sent: one text message each.
 """
 
 from __future__ import annotations
@@ -22,9 +25,19 @@ from typing import Any
 
 from bench.common import database_factory, median, require_tool, uvicorn_server
 from tests.support.pgbouncer import pgbouncer, through
+from urllib.parse import urlencode
+
+from shared.channels import graph, twilio
 from shared.channels.chatwoot import sign
 
 SECRET = "bench-webhook-secret"
+TWILIO_URL = "https://bench.example/webhooks/twilio"  # the public URL Twilio would sign
+CHANNEL_ENV = {  # every channel on, as a deployment with all of them configured
+    "META_APP_SECRET": SECRET, "WHATSAPP_VERIFY_TOKEN": "bench", "WHATSAPP_ACCESS_TOKEN": "bench",
+    "META_VERIFY_TOKEN": "bench", "META_PAGE_ACCESS_TOKEN": "bench", "INSTAGRAM_ACCESS_TOKEN": "bench",
+    "TWILIO_AUTH_TOKEN": SECRET, "TWILIO_ACCOUNT_SID": "ACbench", "TWILIO_WEBHOOK_URL": TWILIO_URL,
+}
+CHANNELS = ("chatwoot", "whatsapp", "messenger", "instagram", "twilio")
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "chatwoot" / "message_created_incoming_text.json"
 # chatbuffer's app: the webhook Lambda's (default), or with BENCH_INGEST_APP=serve the one
 # `chatbuffer serve` builds, with the admin API, the inspector and the playground mounted.
@@ -34,18 +47,55 @@ APPS = {"lambda": "functions.webhook:app", "serve": "bench.serve_app:app"}
 TARGETS = {"chatbuffer": APPS[os.environ.get("BENCH_INGEST_APP", "lambda")], "floor": "bench.floor_app:app"}
 
 
-def write_requests(path: Path, count: int, first_id: int, conversations: int) -> None:
-    """Unique, signed Chatwoot deliveries, spread over `conversations` so bursts build up."""
+def write_requests(path: Path, count: int, first_id: int, conversations: int, channel: str = "chatwoot") -> None:
+    """Unique, signed deliveries of one text message each, spread over `conversations` so bursts
+    build up; in the request file format of bench/wrk_requests.lua."""
     template = json.loads(FIXTURE.read_text())
-    timestamp = str(int(time.time()))
+    timestamp = int(time.time())
     with path.open("w") as out:
         for n in range(count):
-            # Sent now: a captured created_at would be stale (STALE_MESSAGE_SECONDS) and kept unanswered.
-            payload = {**template, "id": first_id + n, "content": f"message {n}",
-                       "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            payload["conversation"] = {**template["conversation"], "id": 100_000 + n % conversations}
-            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-            out.write(f"{timestamp}\n{sign(SECRET, timestamp, body.encode())}\n{body}\n")
+            headers, body = _delivery(channel, template, timestamp, first_id + n, 100_000 + n % conversations)
+            route = "meta" if channel in ("messenger", "instagram") else channel
+            out.write(f"/webhooks/{route}\n{len(headers)}\n")
+            out.writelines(f"{name}: {value}\n" for name, value in headers.items())
+            out.write(body.decode() + "\n")
+
+
+def _delivery(channel: str, template: dict[str, Any], timestamp: int, message: int,
+              conversation: int) -> tuple[dict[str, str], bytes]:
+    """One signed delivery as the platform sends it (sent now: a captured time would be stale)."""
+    text = f"message {message}"
+    if channel == "chatwoot":
+        payload = {**template, "id": message, "content": text,
+                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp)),
+                   "conversation": {**template["conversation"], "id": conversation}}
+        body = _json(payload)
+        return {"Content-Type": "application/json", "X-Chatwoot-Timestamp": str(timestamp),
+                "X-Chatwoot-Signature": sign(SECRET, str(timestamp), body)}, body
+    if channel == "twilio":
+        params = [("MessageSid", f"SM{message:032d}"), ("AccountSid", "ACbench"), ("From", f"+1415{conversation:07d}"),
+                  ("To", "+14155550999"), ("Body", text), ("NumMedia", "0")]
+        return {"Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": twilio.sign(SECRET, TWILIO_URL, params)}, urlencode(params).encode()
+    if channel == "whatsapp":
+        payload: dict[str, Any] = {"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+            "field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+                "contacts": [{"profile": {"name": "Bench"}, "wa_id": str(conversation)}],
+                "messages": [{"from": str(conversation), "id": f"wamid.{message}", "timestamp": str(timestamp),
+                              "type": "text", "text": {"body": text}}]}}]}]}
+    else:  # messenger, instagram
+        payload = {"object": "page" if channel == "messenger" else "instagram", "entry": [{
+            "id": "106540352242922", "time": timestamp * 1000, "messaging": [{
+                "sender": {"id": str(conversation)}, "recipient": {"id": "106540352242922"},
+                "timestamp": timestamp * 1000, "message": {"mid": f"m_{message}", "text": text}}]}]}
+    body = _json(payload)
+    return {"Content-Type": "application/json", "X-Hub-Signature-256": graph.sign(SECRET, body)}, body
+
+
+def _json(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -82,7 +132,7 @@ async def measure(factory: Any, target: str, files: dict[str, Path], connections
     dsn = await factory.fresh()
     pool_size = os.environ.get("BENCH_POOL_SIZE", "10")
     env = {"DATABASE_URL": dsn, "CHATWOOT_WEBHOOK_SECRET": SECRET, "DATABASE_POOL_SIZE": pool_size,
-           "LOG_LEVEL": "WARNING"}
+           "LOG_LEVEL": "WARNING", **CHANNEL_ENV}
     try:
         with contextlib.ExitStack() as stack:
             pooler = os.environ.get("BENCH_INGEST_POOLER", "")
@@ -105,20 +155,24 @@ async def measure(factory: Any, target: str, files: dict[str, Path], connections
 async def run_async(smoke: bool) -> dict[str, Any]:
     rounds, seconds, connections = (1, 1, 16) if smoke else (3, 10, 64)
     per_file = 4_000 if smoke else 60_000
+    channel = os.environ.get("BENCH_INGEST_CHANNEL", "chatwoot")
+    if channel not in CHANNELS:
+        raise SystemExit(f"BENCH_INGEST_CHANNEL={channel!r} must be one of " + ", ".join(CHANNELS))
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: Path(tmp) / f"{name}.txt" for name in ("warmup", "load", "single")}
         for offset, path in enumerate(files.values()):
-            write_requests(path, per_file, first_id=1_000_000 * (offset + 1), conversations=2_000)
+            write_requests(path, per_file, first_id=1_000_000 * (offset + 1), conversations=2_000, channel=channel)
         runs: dict[str, list[dict[str, Any]]] = {"floor": [], "chatbuffer": []}
         async with database_factory() as factory:
             for round_number in range(rounds):
                 order = ["floor", "chatbuffer"] if round_number % 2 == 0 else ["chatbuffer", "floor"]
                 for target in order:
                     runs[target].append(await measure(factory, target, files, connections, seconds))
-    return summarise(runs, connections, seconds, per_file)
+    return summarise(runs, connections, seconds, per_file, channel)
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], connections: int, seconds: float, per_file: int) -> dict[str, Any]:
+def summarise(runs: dict[str, list[dict[str, Any]]], connections: int, seconds: float, per_file: int,
+              channel: str = "chatwoot") -> dict[str, Any]:
     def med(target: str, kind: str, key: str) -> float:
         return median([r[kind][key] for r in runs[target]])
 
@@ -128,7 +182,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]], connections: int, seconds: 
     ratio = stats["chatbuffer"]["rps"] / stats["floor"]["rps"] if stats["floor"]["rps"] else float("nan")
     wrapped = any(r["loaded"]["requests"] > per_file for rs in runs.values() for r in rs)
     summary = [
-        f"ingest, {connections} connections, {seconds:g} s x {len(runs['floor'])} rounds (medians):",
+        f"ingest of {channel} deliveries (every channel configured), {connections} connections, "
+        f"{seconds:g} s x {len(runs['floor'])} rounds (medians):",
         f"  floor (bare insert)  {stats['floor']['rps']:8.0f} req/s  p50 {stats['floor']['p50_ms']:.2f} ms"
         f"  p99 {stats['floor']['p99_ms']:.2f} ms  single p50 {stats['floor']['single_p50_ms']:.2f} ms",
         f"  chatbuffer ingest    {stats['chatbuffer']['rps']:8.0f} req/s  p50 {stats['chatbuffer']['p50_ms']:.2f} ms"
@@ -136,9 +191,12 @@ def summarise(runs: dict[str, list[dict[str, Any]]], connections: int, seconds: 
         f"  throughput ratio chatbuffer/floor: {ratio:.2f} (target >= 0.8); "
         f"single-request p50 {stats['chatbuffer']['single_p50_ms']:.2f} ms (target <= 5 ms)",
     ]
+    if stats["chatbuffer"]["non_2xx"] or stats["floor"]["non_2xx"]:
+        summary.append(f"  WARNING: answers other than 2xx: chatbuffer {stats['chatbuffer']['non_2xx']}, "
+                       f"floor {stats['floor']['non_2xx']} (the numbers above do not measure ingest)")
     if wrapped:
         summary.append("  note: wrk replayed past the end of the request file (some requests were redeliveries)")
-    return {"name": "ingest", "stats": stats, "ratio": ratio, "runs": runs, "summary": summary}
+    return {"name": "ingest", "channel": channel, "stats": stats, "ratio": ratio, "runs": runs, "summary": summary}
 
 
 def run(smoke: bool = False) -> dict[str, Any]:
