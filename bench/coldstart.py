@@ -6,6 +6,10 @@ Lambda app pays). Reported: import time alone (measured inside the process) and 
 wall time up to the first answer, for GET /health and for a signed webhook stored in PostgreSQL
 (which includes opening the first database connection).
 
+Every channel is configured (WhatsApp, Messenger/Instagram, Twilio besides Chatwoot), so their
+adapters load at start as in such a deployment; BENCH_COLDSTART_CHANNELS=chatwoot measures a
+Chatwoot-only one.
+
 The processes run in a virtual environment holding only what the Lambda package holds
 (requirements-lambda.txt), built once in .chatbuffer/lambda-venv: the development environment
 has extras (click, pygments...) that some libraries import when present, which Lambda would not.
@@ -21,6 +25,7 @@ import time
 from typing import Any
 
 from bench.common import ROOT, database_factory, median
+from bench.ingest import CHANNEL_ENV
 
 SECRET = "bench-webhook-secret"
 
@@ -90,13 +95,15 @@ def sample(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[fl
 
 async def run_async(smoke: bool) -> dict[str, Any]:
     rounds = 3 if smoke else 21
+    configured = os.environ.get("BENCH_COLDSTART_CHANNELS", "all")
+    channels = CHANNEL_ENV if configured == "all" else {}
     samples: dict[str, list[tuple[float, float]]] = {"floor": [], "health": [], "webhook": [], "supabase": []}
     async with database_factory() as factory:
         dsn = await factory.fresh()
         # As on Lambda: AWS_LAMBDA_FUNCTION_NAME turns on JSON logs (Powertools' formatter, at
         # import) and EMF metrics (Powertools' metrics, at the first stored message).
         env = {"DATABASE_URL": dsn, "CHATWOOT_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING",
-               "AWS_LAMBDA_FUNCTION_NAME": "chatbuffer-bench-webhook"}
+               "AWS_LAMBDA_FUNCTION_NAME": "chatbuffer-bench-webhook", **channels}
         # Bytecode compiled once for both sides, so each sample measures imports, not compiling.
         sample(WEBHOOK, "health", env=env)
         sample(SUPABASE_IMPORT, env=env)
@@ -111,7 +118,8 @@ async def run_async(smoke: bool) -> dict[str, Any]:
     walls = {k: median([s[1] for s in v]) for k, v in samples.items()}
     import_ratio = imports["health"] / imports["floor"]
     summary = [
-        f"cold start, {rounds} fresh processes each (medians):",
+        f"cold start, {rounds} fresh processes each (medians), channels configured: "
+        f"{'all' if channels else 'chatwoot only'}:",
         f"  import fastapi+mangum        {imports['floor'] * 1000:6.0f} ms   whole process {walls['floor'] * 1000:6.0f} ms",
         f"  import functions.webhook     {imports['health'] * 1000:6.0f} ms   ratio {import_ratio:.2f} (target <= 1.25)",
         f"  ... with the Supabase client   {imports['supabase'] * 1000:6.0f} ms   ratio "

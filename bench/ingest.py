@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from bench.common import database_factory, median, require_tool, uvicorn_server
 from tests.support.pgbouncer import pgbouncer, through
-from urllib.parse import urlencode
 
 from shared.channels import graph, twilio
 from shared.channels.chatwoot import sign

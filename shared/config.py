@@ -36,6 +36,19 @@ def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str 
     return value or default
 
 
+def _pairs(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """`key:value,key:value` (CHATWOOT_WHATSAPP_INBOXES=12:106540352242922,14:...)."""
+    pairs: dict[str, str] = {}
+    for item in (_text(env, name) or "").split(","):
+        if not item.strip():
+            continue
+        key, _, value = (part.strip() for part in item.partition(":"))
+        if not (key and value):
+            raise ConfigError(f"{name}: {item.strip()!r} is not <Chatwoot inbox id>:<phone number id>")
+        pairs[key] = value
+    return pairs
+
+
 STRUCTURED_OUTPUT_MODES = ("auto", "on", "off")
 POOLER_MODES = ("transaction", "session", "none")
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
@@ -111,6 +124,10 @@ class Settings:
     chatwoot_answer_statuses: frozenset[str] = frozenset({"pending"})
     chatwoot_media_hosts: frozenset[str] = frozenset()  # besides CHATWOOT_BASE_URL's host
     chatwoot_requests_per_minute: float = 2400  # under self-hosted Chatwoot's 3000 a minute per IP
+    # Chatwoot's WhatsApp inboxes (inbox id -> the Cloud API phone number id behind it): their
+    # conversations get the read receipt and typing indicator through the Cloud API
+    # (WHATSAPP_ACCESS_TOKEN), which Chatwoot itself never sends to WhatsApp.
+    chatwoot_whatsapp_inboxes: Mapping[str, str] = field(default_factory=dict, hash=False)
     timing: BufferTiming = BufferTiming()
     history_messages: int = 20
     max_attempts: int = 5
@@ -191,6 +208,9 @@ class Settings:
                  meta_app_secret_or_instagram_app_secret=self.meta_app_secret or self.instagram_app_secret,
                  meta_page_access_token_or_instagram_access_token=self.meta_page_access_token
                  or self.instagram_access_token)
+        if self.chatwoot_whatsapp_inboxes:
+            need("Chatwoot's WhatsApp typing (CHATWOOT_WHATSAPP_INBOXES is set)",
+                 whatsapp_access_token=self.whatsapp_access_token)
         if self.twilio_auth_token:
             need("Twilio (TWILIO_AUTH_TOKEN is set)", twilio_account_sid=self.twilio_account_sid)
         for name, url in (("META_GRAPH_BASE_URL", self.meta_graph_base_url),
@@ -233,6 +253,7 @@ class Settings:
             chatwoot_media_hosts=frozenset(h.strip().lower() for h in (_text(env, "CHATWOOT_MEDIA_HOSTS") or "").split(",")
                                            if h.strip()),
             chatwoot_requests_per_minute=_number(env, "CHATWOOT_REQUESTS_PER_MINUTE", 2400),
+            chatwoot_whatsapp_inboxes=_pairs(env, "CHATWOOT_WHATSAPP_INBOXES"),
             timing=timing,
             history_messages=int(_number(env, "HISTORY_MESSAGES", 20, whole=True)),
             max_attempts=int(_number(env, "MAX_ATTEMPTS", 5, whole=True)),

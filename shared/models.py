@@ -30,6 +30,9 @@ class InboundMessage:
     attachments: tuple[Mapping[str, Any], ...] = field(default=())
     inbox_id: str | None = None  # where the conversation lives (finds it from events with no account)
     hold_reason: str | None = None  # set: store it, never answer it (the conversation is not the bot's)
+    # The message's id on the platform behind the channel, when it is not external_id (a Chatwoot
+    # message's WhatsApp wamid): where the read receipt and the typing indicator go.
+    platform_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +178,12 @@ class PromptTurn:
     attachments: tuple[Mapping[str, Any], ...]
     in_burst: bool  # part of the burst being answered, not history
     external_id: str | None = None  # the platform's message id (None for our replies)
+    platform_ref: str | None = None  # see InboundMessage.platform_ref
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> PromptTurn:
         return cls(row["role"], row["content"], tuple(row["attachments"] or ()), bool(row["in_burst"]),
-                   row.get("external_id"))
+                   row.get("external_id"), row.get("platform_ref"))
 
 
 @dataclass(frozen=True, slots=True)

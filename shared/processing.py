@@ -135,8 +135,8 @@ class BufferProcessor:
     async def _decide(self, buffer: ClaimedBuffer, config: RuntimeConfig, typing: bool) -> Reply:
         turns = await self._store.buffer_prompt(buffer.buffer_id, self._history_messages)
         if typing:  # on the customer's last message: WhatsApp marks it read and shows typing on it
-            await self._typing(buffer, True, next(
-                (t.external_id for t in reversed(turns) if t.in_burst and t.role == "user"), None))
+            await self._typing(buffer, True, next((t.platform_ref or t.external_id for t in reversed(turns)
+                                                   if t.in_burst and t.role == "user"), None))
         if any(turn.in_burst and turn.attachments for turn in turns):
             turns = await self._media.prepare(buffer, turns, config)
             # Downloads and transcriptions take time: hold the lease for the model call that follows.

@@ -89,21 +89,24 @@ class Runtime:
     def _channel_clients(self, http: Any) -> list[Any]:
         s = self.settings
         clients: list[Any] = []
+        whatsapp = None
+        if s.whatsapp_access_token:
+            from shared.channels.whatsapp import WhatsAppClient
+
+            whatsapp = WhatsAppClient(s, http)
+            clients.append(whatsapp)
         if s.chatwoot_base_url and s.chatwoot_api_token:
             from shared.channels.chatwoot import ChatwootClient
 
             clients.append(ChatwootClient(s.chatwoot_base_url, s.chatwoot_api_token, http, s.chatwoot_media_hosts,
-                                          requests_per_minute=s.chatwoot_requests_per_minute))
+                                          requests_per_minute=s.chatwoot_requests_per_minute,
+                                          whatsapp=whatsapp if s.chatwoot_whatsapp_inboxes else None))
         else:
             from shared.channels.console import ConsoleOutbox
 
             log.warning("CHATWOOT_BASE_URL/CHATWOOT_API_TOKEN not set: replies are printed to this "
                         "console and kept in message_buffer.reply_content, not sent to Chatwoot")
             clients.append(ConsoleOutbox(http))
-        if s.whatsapp_access_token:
-            from shared.channels.whatsapp import WhatsAppClient
-
-            clients.append(WhatsAppClient(s, http))
         if s.meta_page_access_token or s.instagram_access_token:
             from shared.channels.meta import INSTAGRAM, MESSENGER, MetaClient
 

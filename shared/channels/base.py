@@ -73,9 +73,13 @@ def split_reply(text: str, limit: int) -> list[str]:
     text = text.strip()
     if len(text) <= limit:
         return [text]
-    room = limit - len("(99/99) ")  # the prefix's room, for up to 99 parts
-    parts = _pack(_pieces(text, room), room)
-    return [f"({n}/{len(parts)}) {part}" for n, part in enumerate(parts, 1)]
+    digits = 1  # of the part count: the prefix's room depends on it
+    while True:
+        room = limit - len(f"({'9' * digits}/{'9' * digits}) ")
+        parts = _pack(_pieces(text, room), room)
+        if len(str(len(parts))) <= digits:
+            return [f"({n}/{len(parts)}) {part}" for n, part in enumerate(parts, 1)]
+        digits += 1
 
 
 def _pieces(text: str, room: int) -> list[tuple[str, str]]:

@@ -19,8 +19,10 @@ handing the customer to a human, so an odd field is skipped, never refused.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
+import logging
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -36,7 +38,11 @@ from shared.models import ConversationSignal, HumanMessage, InboundMessage, Mess
 if TYPE_CHECKING:  # httpx stays off the webhook's import path
     import httpx
 
+    from shared.channels.whatsapp import WhatsAppClient
+
     from shared.config import Settings
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "chatwoot"
 MAX_CHARS = 4096  # Chatwoot's inboxes are mostly WhatsApp's: its limit
@@ -101,7 +107,13 @@ def verify(settings: Settings, request: WebhookRequest) -> None:
 
 
 def parse(settings: Settings, body: bytes) -> list[Event]:
-    return [parse_event(body, settings.chatwoot_answer_statuses)]
+    event = parse_event(body, settings.chatwoot_answer_statuses)
+    if isinstance(event, InboundMessage) and event.platform_ref:
+        # A WhatsApp inbox with its Cloud API number configured: keep where its typing goes.
+        phone_number_id = settings.chatwoot_whatsapp_inboxes.get(event.inbox_id or "")
+        event = dataclasses.replace(event, platform_ref=f"{phone_number_id}/{event.platform_ref}"
+                                    if phone_number_id else None)
+    return [event]
 
 
 def parse_event(body: bytes, answer_statuses: frozenset[str]) -> Event:
@@ -147,7 +159,13 @@ def _message_created(event: Mapping[str, Any], answer_statuses: frozenset[str]) 
         inbox_id=_inbox_id(event, conversation),
         hold_reason=None if isinstance(status, str) and status in answer_statuses
         else f"conversation status is {status!r}, not the bot's",
+        platform_ref=_wamid(event.get("source_id")),
     )
+
+
+def _wamid(source_id: Any) -> str | None:
+    """A WhatsApp inbox's message carries its wamid in source_id (other inboxes, other ids)."""
+    return source_id if isinstance(source_id, str) and source_id.startswith("wamid.") else None
 
 
 def _outgoing(event: Mapping[str, Any]) -> Event:
@@ -354,7 +372,8 @@ class ChatwootClient:
     toggle typing and status; and the attachments' public data_url."""
 
     def __init__(self, base_url: str, api_token: str, http: httpx.AsyncClient,
-                 media_hosts: frozenset[str] = frozenset(), requests_per_minute: float = 2400) -> None:
+                 media_hosts: frozenset[str] = frozenset(), requests_per_minute: float = 2400,
+                 whatsapp: WhatsAppClient | None = None) -> None:
         from aiolimiter import AsyncLimiter  # the sweeper's: never on the webhook's import path
 
         self._base = base_url.rstrip("/")
@@ -364,6 +383,8 @@ class ChatwootClient:
         # Chatwoot's rack-attack allows 3000 requests a minute per IP: this process spends at most
         # `requests_per_minute`, in sixths of the minute (a short burst, then an even pace).
         self._budget = AsyncLimiter(requests_per_minute / 6, 10)
+        # The Cloud API, for the read receipt and typing on WhatsApp inboxes (CHATWOOT_WHATSAPP_INBOXES).
+        self._whatsapp = whatsapp
 
     def _url(self, account_id: str, conversation_id: str, action: str) -> str:
         return f"{self._base}/api/v1/accounts/{account_id}/conversations/{conversation_id}/{action}"
@@ -392,6 +413,15 @@ class ChatwootClient:
 
     async def set_typing(self, account_id: str, conversation_id: str, on: bool,
                          last_message_id: str | None = None) -> None:
+        """Typing in Chatwoot's dashboard; and on WhatsApp itself, with the read receipt, when the
+        message came through a WhatsApp inbox whose Cloud API number is configured (its
+        platform_ref is "<phone number id>/<wamid>"): Chatwoot never forwards either to WhatsApp."""
+        if on and self._whatsapp is not None and last_message_id and "/" in last_message_id:
+            phone_number_id, wamid = last_message_id.split("/", 1)
+            try:
+                await self._whatsapp.mark_read_and_typing(phone_number_id, wamid)
+            except Exception as exc:  # cosmetic: Chatwoot's own indicator still goes on
+                log.warning("WhatsApp read receipt and typing for a Chatwoot conversation failed: %s", exc)
         await self._post(account_id, conversation_id, "toggle_typing_status",
                          {"typing_status": "on" if on else "off"})
 

@@ -7,8 +7,10 @@
   own replies, `is_echo`), deliveries, reads, reactions and postbacks are acknowledged and ignored.
 - A conversation is the page or Instagram account (`recipient.id`, the account) and the person
   (`sender.id`); a message's id is its `mid`.
-- Replies go through the Send API (`messaging_type: RESPONSE`) with META_PAGE_ACCESS_TOKEN or
-  INSTAGRAM_ACCESS_TOKEN; typing is the `typing_on`/`typing_off` sender action.
+- Replies go through the Send API (`messaging_type: RESPONSE`): Messenger's to /{page-id}/messages
+  with META_PAGE_ACCESS_TOKEN; Instagram's to /me/messages with INSTAGRAM_ACCESS_TOKEN, the token
+  of the Facebook Page linked to the Instagram account ("me" is that Page: the webhook names the
+  Instagram account, not the Page). Typing is the `typing_on`/`typing_off` sender action.
 - Media: the attachment's payload.url, a short-lived CDN address that needs no token.
 """
 
@@ -55,7 +57,8 @@ def parse(settings: Settings, body: bytes) -> list[InboundMessage]:
         delivery = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadPayload(f"body is not JSON: {exc}") from None
-    channel = CHANNELS.get(delivery.get("object")) if isinstance(delivery, dict) else None
+    kind = delivery.get("object") if isinstance(delivery, dict) else None
+    channel = CHANNELS.get(kind) if isinstance(kind, str) else None
     if channel is None:
         raise BadPayload("not a page or instagram delivery")
     messages: list[InboundMessage] = []
@@ -129,7 +132,8 @@ class MetaClient:
         self._http = http
 
     async def _send(self, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = graph.graph_url(self._base, self._version, account_id, "messages")
+        node = account_id if self.channel == MESSENGER else "me"
+        url = graph.graph_url(self._base, self._version, node, "messages")
         return await graph.post(self._http, url, self._token, body)
 
     async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> str | None:

@@ -94,7 +94,7 @@ def _attachments(params: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
     found: list[dict[str, Any]] = []
     count = int(params["NumMedia"]) if params.get("NumMedia", "").isdigit() else 0
     for n in range(min(count, MAX_MEDIA)):
-        url, content_type = params.get(f"MediaUrl{n}"), params.get(f"MediaContentType{n}", "")
+        url, content_type = params.get(f"MediaUrl{n}", "").strip(), params.get(f"MediaContentType{n}", "").strip()
         if url:
             kind = content_type.split("/")[0]
             found.append({"file_type": kind if kind in ("audio", "image", "video") else "file",

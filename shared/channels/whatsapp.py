@@ -189,8 +189,8 @@ class WhatsAppClient:
         if response.status_code >= 400:
             raise MediaUnavailable(f"media {media_id}: HTTP {response.status_code}")
         media = response.json()
-        size = media.get("file_size")
-        if isinstance(size, int) and size > max_bytes:
+        size = str(media.get("file_size", ""))  # a number, or a numeral in some API versions
+        if size.isdigit() and int(size) > max_bytes:
             raise MediaTooLarge(f"{size} bytes, over the {max_bytes}-byte limit")
         if not isinstance(media.get("url"), str):
             raise MediaUnavailable(f"media {media_id}: no url")

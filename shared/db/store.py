@@ -58,6 +58,7 @@ class BufferStore:
                 "p_defaults": self._defaults,
                 "p_inbox_id": message.inbox_id,
                 "p_hold_reason": message.hold_reason,
+                "p_platform_ref": message.platform_ref,
             },
         )
         return IngestResult.from_row(rows[0])

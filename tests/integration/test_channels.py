@@ -198,7 +198,8 @@ async def test_a_long_reply_is_split_in_order_under_the_channels_limit(
     assert len(parts) >= 4 and all(len(p) <= 1000 for p in parts)  # Instagram: 1000 characters
     assert [p.split(" ", 1)[0] for p in parts] == [f"({n}/{len(parts)})" for n in range(1, len(parts) + 1)]
     assert " ".join(p.split(" ", 1)[1] for p in parts).split() == "\n\n".join(paragraphs).split()
-    assert all(c["auth"] == "Bearer ig-token" for c in far_side.platform_sends("graph"))
+    # Instagram's Send API: the linked Page's token, on /me/messages.
+    assert all((c["auth"], c["account"]) == ("Bearer ig-token", "me") for c in far_side.platform_sends("graph"))
 
 
 # --- Messenger and Instagram --------------------------------------------------------------------------
@@ -292,6 +293,31 @@ async def test_a_twilio_voice_note_is_fetched_with_basic_auth(bot: Bot, far_side
     assert await answer(bot, database_url) == {"completed": 1}
     (reply,) = far_side.platform_sends("twilio")
     assert reply["body"]["Body"] == "echo: [voice note, transcribed] llega el martes?"
+
+
+# --- Chatwoot's WhatsApp inboxes: typing on WhatsApp itself -------------------------------------------
+
+async def test_a_chatwoot_whatsapp_conversation_gets_the_read_receipt_and_typing_through_the_cloud_api(
+        channel_settings: Settings, far_side: FarSide, database_url: str) -> None:
+    from tests.conftest import chatwoot_fixture
+
+    bot = Bot(Runtime(dataclasses.replace(channel_settings, chatwoot_whatsapp_inboxes={"12": BUSINESS})))
+    try:
+        mapped = chatwoot_fixture("message_created_incoming_text")  # inbox 12, a WhatsApp inbox
+        other = {**chatwoot_fixture("message_created_incoming_text"), "id": 98232, "inbox": {"id": 14}}
+        other["conversation"] = {**other["conversation"], "id": 432, "inbox_id": 14}
+        assert await bot.status_of(mapped) == "buffered" and await bot.status_of(other) == "buffered"
+        assert await answer(bot, database_url) == {"completed": 2}
+    finally:
+        await bot.close()
+    (typing,) = far_side.platform_typing()  # only the mapped inbox's conversation
+    assert typing["account"] == BUSINESS and typing["auth"] == "Bearer wa-token"
+    assert typing["body"] == {"messaging_product": "whatsapp", "status": "read", "message_id": mapped["source_id"],
+                              "typing_indicator": {"type": "text"}}
+    reply_431 = next(r for r in far_side.replies if r["conversation"] == "431")
+    assert typing["at"] <= reply_431["at"]
+    assert [t["typing_status"] for t in far_side.typing].count("on") == 2  # Chatwoot's own indicator, both
+    assert far_side.platform_sends("graph") == []  # the replies themselves go through Chatwoot
 
 
 # --- off when not configured ---------------------------------------------------------------------------
