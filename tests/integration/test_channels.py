@@ -202,6 +202,24 @@ async def test_a_long_reply_is_split_in_order_under_the_channels_limit(
     assert all((c["auth"], c["account"]) == ("Bearer ig-token", "me") for c in far_side.platform_sends("graph"))
 
 
+async def test_a_split_reply_that_fails_midway_sends_only_the_rest_on_retry(
+        bot: Bot, far_side: FarSide, database_url: str) -> None:
+    paragraphs = [f"Part {n}: " + "We ship to every state in two to five days. " * 30 for n in range(1, 4)]
+    far_side.decisions.append({"reply": "\n\n".join(paragraphs)})
+    far_side.platform_errors += [(200, {}), (400, {"error": {"code": 2, "message": "temporary", "type": "OAuthException"}})]
+    payload = fixture("meta/messenger_text.json")
+    payload["entry"][0]["messaging"][0]["timestamp"] = int(time.time() * 1000)
+    await post_meta(bot, "/webhooks/meta", payload)
+    assert await answer(bot, database_url) == {"retry": 1}
+    assert await answer(bot, database_url) == {"completed": 1}
+    sent = [c["body"]["message"]["text"] for c in far_side.platform_sends("graph")]
+    assert len(sent) == 4  # part 1, the refused part 2, then parts 2 and 3 again as "(1/2)", "(2/2)"
+    delivered = [sent[0]] + sent[2:]
+    assert [p.split(" ", 1)[0] for p in delivered] == ["(1/3)", "(1/2)", "(2/2)"]
+    assert [p.split(" ", 1)[1] for p in delivered] == [p.strip() for p in paragraphs]
+    assert len(far_side.completions) == 1  # the retry did not call the model again
+
+
 # --- Messenger and Instagram --------------------------------------------------------------------------
 
 async def test_messenger_reads_every_entry_ignores_echoes_and_answers_with_typing(

@@ -72,7 +72,7 @@ class FarSide:
     media: dict[str, MediaFile] = field(default_factory=dict)
     # Meta's Graph API and Twilio's Messages API: every call, and errors to answer the next sends with.
     platform_calls: list[dict[str, Any]] = field(default_factory=list)  # platform, path, body, auth
-    platform_errors: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    platform_errors: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (200, {}): let one through
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
@@ -113,7 +113,7 @@ class FarSide:
                                         "body": body, "auth": request.headers.get("authorization"), "at": time.time()})
             error = self.platform_errors.pop(0) if kind == "reply" and self.platform_errors else None
             n = len(self.platform_calls)
-        if error:
+        if error and error[0] >= 400:  # a queued (200, {}) lets that send through
             return JSONResponse(error[1], status_code=error[0])
         if kind == "typing":
             return JSONResponse({"success": True})
