@@ -112,9 +112,8 @@ class BufferProcessor:
             log.warning("%s", exc)
             return "lease_lost"
         except PartlySent as exc:  # the retry sends only what is left
-            assert reply is not None
-            return await self._fail(buffer, exc, Reply(exc.remainder, reply.handoff_reason), model_called=False,
-                                    delivery=delivery.outcome)
+            rest = Reply(exc.remainder, reply.handoff_reason if reply else None)
+            return await self._fail(buffer, exc, rest, model_called=False, delivery=delivery.outcome)
         except Exception as exc:  # any failure of media, the model, the channel or the store: retry later
             return await self._fail(buffer, exc, reply, model_called=uncounted_call, delivery=delivery.outcome)
         finally:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any, AsyncIterator, Sequence

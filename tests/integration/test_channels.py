@@ -174,6 +174,20 @@ async def test_a_stale_redelivery_is_kept_unanswered_and_leaves_the_waiting_burs
     assert [(r["external_id"], r["status"]) for r in rows] == [("wamid.C2", "completed"), ("wamid.C1", "cancelled")]
 
 
+async def test_a_hand_off_on_whatsapp_pauses_the_bot_there(bot: Bot, far_side: FarSide, database_url: str) -> None:
+    # No inbox on the Cloud API to hand the customer to: the reply goes, the bot stays quiet after it.
+    far_side.decisions.append({"reply": "Te paso con una persona del equipo.", "handoff": True,
+                               "handoff_reason": "quiere un reembolso"})
+    await post_meta(bot, "/webhooks/whatsapp", whatsapp_delivery(wa_text("wamid.H1", "quiero un reembolso")))
+    assert await answer(bot, database_url) == {"completed": 1}
+    (burst,) = await buffers(database_url)
+    assert (burst["outcome"], burst["handoff_reason"]) == ("handed_off", "quiere un reembolso")
+    later = await post_meta(bot, "/webhooks/whatsapp", whatsapp_delivery(wa_text("wamid.H2", "¿hola?")))
+    assert later.json()["status"] == "held" and "bot paused" in later.json()["reason"]
+    assert await answer(bot, database_url) == {}
+    assert [c["body"]["text"]["body"] for c in far_side.platform_sends("graph")] == ["Te paso con una persona del equipo."]
+
+
 async def test_a_wrong_or_missing_whatsapp_signature_is_refused_and_nothing_is_stored(
         bot: Bot, database_url: str) -> None:
     delivery = whatsapp_delivery(wa_text("wamid.D1", "hola"))
@@ -235,6 +249,8 @@ async def test_messenger_reads_every_entry_ignores_echoes_and_answers_with_typin
                                                  "timestamp": now_ms, "read": {"watermark": now_ms}}]}]}
     response = await post_meta(bot, "/webhooks/meta", delivery)
     assert [r["status"] for r in response.json()["results"]] == ["buffered", "buffered"]
+    redelivered = await post_meta(bot, "/webhooks/meta", delivery)
+    assert [r["status"] for r in redelivered.json()["results"]] == ["duplicate", "duplicate"]
     assert await answer(bot, database_url) == {"completed": 1}
     (reply,) = far_side.platform_sends("graph")
     assert reply["body"] == {"recipient": {"id": "24015973678123456"}, "messaging_type": "RESPONSE",
@@ -290,8 +306,9 @@ async def test_twilio_threads_are_from_and_to_and_a_bad_signature_is_refused(
         bot: Bot, far_side: FarSide, database_url: str) -> None:
     first = twilio_fixture("sms_text")
     second = {**first, "MessageSid": "SM2", "To": "+14155550888"}  # the same customer, another of our numbers
-    for params in (first, second):
+    for params in (first, second, first):  # the last one: Twilio redelivering the first
         assert (await post_twilio(bot, params)).status_code == 200
+    assert len(await fetch(database_url, "select 1 from public.buffered_messages")) == 2
     forged = {**first, "MessageSid": "SM3", "Body": "free shoes?"}
     body = urlencode(forged).encode()
     refused = await bot.client.post("/webhooks/twilio", content=body, headers={

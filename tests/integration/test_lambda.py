@@ -20,7 +20,7 @@ from shared.config import Settings
 from tests.conftest import chatwoot_fixture, incoming, signed_headers
 from tests.support.aws_events import LambdaContext, http_api_event, scheduled_event
 from tests.support.far_side import FarSide, ServerThread
-from tests.support.sql import buffers, execute, make_due, set_flag
+from tests.support.sql import buffers, execute, fetch, make_due, set_flag
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -74,6 +74,41 @@ def test_webhook_handler_stores_a_signed_message(webhook: Any, database_url: str
     assert json.loads(response["body"])["status"] == "buffered"
     (row,) = run(buffers(database_url))
     assert row["message_count"] == 1
+
+
+def test_twilio_form_base64_under_api_gateway_is_verified_against_the_url_twilio_called(
+        lambda_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twilio's form body arrives base64-encoded; its signature covers the public https URL, which
+    the app rebuilds from API Gateway's host and forwarded scheme (no TWILIO_WEBHOOK_URL set)."""
+    from urllib.parse import urlencode
+
+    from shared.channels import twilio
+
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "test-twilio-token")
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "ACtest")
+    import functions.webhook
+
+    module = importlib.reload(functions.webhook)
+    params = [("MessageSid", "SM1"), ("AccountSid", "ACtest"), ("From", "+14155550123"), ("To", "+14155550999"),
+              ("Body", "¿Tienen talla 27?"), ("NumMedia", "0")]
+    url = "https://abc123.execute-api.us-east-1.amazonaws.com/webhooks/twilio"
+    body = urlencode(params).encode()
+
+    def deliver(signed_url: str) -> dict[str, Any]:
+        headers = {"content-type": "application/x-www-form-urlencoded",
+                   "x-twilio-signature": twilio.sign("test-twilio-token", signed_url, params)}
+        return module.handler(http_api_event("POST", "/webhooks/twilio", body, headers, base64_body=True),
+                              LambdaContext(10))
+
+    try:
+        refused = deliver(url.replace("https://", "http://"))  # signed for another URL than Twilio called
+        assert refused["statusCode"] == 401, refused
+        accepted = deliver(url)
+        assert accepted["statusCode"] == 200 and accepted["headers"]["content-type"].startswith("text/xml"), accepted
+        rows = run(fetch(database_url, "select content from public.buffered_messages"))
+        assert [r["content"] for r in rows] == ["¿Tienen talla 27?"]
+    finally:
+        asyncio.get_event_loop().run_until_complete(module.app.state.runtime.close())
 
 
 def test_webhook_handler_refuses_a_bad_signature(webhook: Any, database_url: str) -> None:
