@@ -85,7 +85,9 @@ def sample(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[fl
     """(seconds spent importing, inside the process; wall seconds of the whole process)."""
     started = time.perf_counter()
     # The project's own code comes from the working tree, like the files of the Lambda zip.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # Bytecode written by the first sample and read by the rest, whatever the caller's shell says
+    # (PYTHONDONTWRITEBYTECODE would make every sample compile our modules from source).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "", **(env or {})}
     done = subprocess.run([lambda_python(), "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
@@ -38,15 +39,18 @@ APP_TIMING = BufferTiming(buffer_window_seconds=5, buffer_max_age_seconds=60, bu
 
 def chatwoot_fixture(name: str) -> dict[str, Any]:
     """A captured Chatwoot 4.13 payload from tests/fixtures/chatwoot, delivered now: a message's
-    `created_at` is this moment (a captured one would be older than STALE_MESSAGE_SECONDS)."""
+    `created_at` is moved to the last few minutes (a captured one would be older than
+    STALE_MESSAGE_SECONDS), keeping the order the fixtures were captured in."""
     payload = json.loads((FIXTURES / "chatwoot" / f"{name}.json").read_text())
     if isinstance(payload.get("created_at"), str):
-        payload["created_at"] = now_iso()
+        captured = datetime.fromisoformat(payload["created_at"].replace("Z", "+00:00"))
+        # A hundredth of the distance to the last capture: seconds apart become tens of ms apart.
+        ago = (LAST_CAPTURE - captured).total_seconds() / 100
+        payload["created_at"] = (datetime.now(timezone.utc) - timedelta(seconds=ago)).isoformat()
     return payload
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+LAST_CAPTURE = datetime(2026, 4, 20, 15, 10, tzinfo=timezone.utc)  # after every fixture's created_at
 
 
 def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> dict[str, str]:

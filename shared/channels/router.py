@@ -13,10 +13,63 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Protocol
 
-from shared.channels.base import PermanentSendError, split_reply
+from shared.channels.base import PermanentSendError
 from shared.models import ClaimedBuffer
 
 _PART_PREFIX = re.compile(r"^\(\d+/\d+\) ")
+_PARAGRAPHS = re.compile(r"\n\s*\n")
+_SENTENCE_ENDS = re.compile(r"(?<=[.!?…。])\s+")
+
+
+def split_reply(text: str, limit: int) -> list[str]:
+    """`text` as messages of at most `limit` characters, cut at paragraph breaks, else at sentence
+    ends, else at spaces (a single word longer than a message is cut where it must be). Several
+    parts carry a "(1/3) " prefix, so the customer reads them as one answer in order."""
+    text = text.strip()
+    if len(text) <= limit:
+        return [text]
+    digits = 1  # of the part count: the prefix's room depends on it
+    while True:
+        room = limit - len(f"({'9' * digits}/{'9' * digits}) ")
+        parts = _pack(_pieces(text, room), room)
+        if len(str(len(parts))) <= digits:
+            return [f"({n}/{len(parts)}) {part}" for n, part in enumerate(parts, 1)]
+        digits += 1
+
+
+def _pieces(text: str, room: int) -> list[tuple[str, str]]:
+    """The text cut into (joiner, piece) pairs no longer than `room`, coarsest cut first."""
+    pieces: list[tuple[str, str]] = []
+    for paragraph in (p.strip() for p in _PARAGRAPHS.split(text)):
+        if not paragraph:
+            continue
+        joiner = "\n\n"
+        for sentence in _cut(paragraph, room, _SENTENCE_ENDS):
+            for chunk in _cut(sentence, room, re.compile(r"\s+")):
+                for start in range(0, len(chunk), room):
+                    pieces.append((joiner, chunk[start:start + room]))
+                    joiner = " "
+    return pieces
+
+
+def _cut(text: str, room: int, boundary: re.Pattern[str]) -> list[str]:
+    return [text] if len(text) <= room else [p for p in boundary.split(text) if p]
+
+
+def _pack(pieces: list[tuple[str, str]], room: int) -> list[str]:
+    """Greedy: as many whole pieces per message as fit."""
+    parts: list[str] = []
+    current = ""
+    for joiner, piece in pieces:
+        if current and len(current) + len(joiner) + len(piece) <= room:
+            current += joiner + piece
+        else:
+            if current:
+                parts.append(current)
+            current = piece
+    if current:
+        parts.append(current)
+    return parts
 
 
 class ChannelClient(Protocol):

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from shared.channels import graph, meta, twilio, whatsapp
 from shared.channels.base import (
     BadPayload, BadSignature, MediaTooLarge, MediaUnavailable, PermanentSendError, WebhookRequest, download,
-    read_capped, split_reply,
+    read_capped,
 )
 from shared.channels.meta import MetaClient
-from shared.channels.router import ChannelRouter, PartlySent
+from shared.channels.router import ChannelRouter, PartlySent, split_reply
 from shared.channels.twilio import TwilioClient
 from shared.channels.whatsapp import WhatsAppClient
 from shared.config import Settings
