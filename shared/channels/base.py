@@ -13,7 +13,7 @@ Light on purpose: the webhook imports it, so no httpx, no model SDK.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     import httpx
@@ -57,6 +57,27 @@ class WebhookRequest:
     headers: Mapping[str, str]
     query: Mapping[str, str]
     url: str
+
+
+# --- reading a payload leniently (after its signature is verified, an odd field is skipped) --------
+
+def objects(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects in a list; anything else, nothing."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def text_of(value: Any) -> str | None:
+    """A string (or number) as stored: without NUL characters, which PostgreSQL's text refuses;
+    blank is None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "").strip() or None
 
 
 # --- media ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import orjson
 
 from shared.channels import graph
-from shared.channels.base import BadPayload, MediaUnavailable, WebhookRequest, download
+from shared.channels.base import BadPayload, MediaUnavailable, WebhookRequest, download, mapping, objects, text_of
 from shared.models import InboundMessage
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ def parse(settings: Settings, body: bytes) -> list[InboundMessage]:
     if channel is None:
         raise BadPayload("not a page or instagram delivery")
     messages: list[InboundMessage] = []
-    for entry in _dicts(delivery.get("entry")):
-        for item in _dicts(entry.get("messaging")):
+    for entry in objects(delivery.get("entry")):
+        for item in objects(entry.get("messaging")):
             message = item.get("message")
             if not isinstance(message, dict) or message.get("is_echo"):
                 continue  # a delivery, read, reaction or postback; or our own message, echoed
@@ -72,42 +72,26 @@ def parse(settings: Settings, body: bytes) -> list[InboundMessage]:
 
 
 def _message(channel: str, item: Mapping[str, Any], message: Mapping[str, Any]) -> InboundMessage:
-    person = _text(_mapping(item.get("sender")).get("id"))
-    account = _text(_mapping(item.get("recipient")).get("id"))
-    mid = _text(message.get("mid"))
+    person = text_of(mapping(item.get("sender")).get("id"))
+    account = text_of(mapping(item.get("recipient")).get("id"))
+    mid = text_of(message.get("mid"))
     if not (person and account and mid):
         raise BadPayload("a message without sender.id, recipient.id or mid")
-    attachments = tuple(_attachment(a) for a in _dicts(message.get("attachments")))
+    attachments = tuple(_attachment(a) for a in objects(message.get("attachments")))
     return InboundMessage(channel=channel, account_id=account, conversation_id=person, external_id=mid,
-                          content=_text(message.get("text")), sent_at=_timestamp(item.get("timestamp")),
+                          content=text_of(message.get("text")), sent_at=_timestamp(item.get("timestamp")),
                           attachments=tuple(a for a in attachments if a))
 
 
 def _attachment(attachment: Mapping[str, Any]) -> dict[str, Any]:
-    payload = _mapping(attachment.get("payload"))
+    payload = mapping(attachment.get("payload"))
     kind = attachment.get("type")
     if kind == "location":
-        coordinates = _mapping(payload.get("coordinates"))
+        coordinates = mapping(payload.get("coordinates"))
         return {"file_type": "location", "coordinates_lat": coordinates.get("lat"),
-                "coordinates_long": coordinates.get("long"), "fallback_title": _text(attachment.get("title"))}
-    url = _text(payload.get("url"))
+                "coordinates_long": coordinates.get("long"), "fallback_title": text_of(attachment.get("title"))}
+    url = text_of(payload.get("url"))
     return {k: v for k, v in {"file_type": FILE_TYPES.get(str(kind), "file"), "data_url": url}.items() if v}
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        return None
-    return value.replace("\x00", "").strip() or None
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -139,7 +123,7 @@ class MetaClient:
     async def post_reply(self, account_id: str, conversation_id: str, content: str, buffer_id: int) -> str | None:
         answer = await self._send(account_id, {"recipient": {"id": conversation_id}, "messaging_type": "RESPONSE",
                                                "message": {"text": content}})
-        return _text(answer.get("message_id"))
+        return text_of(answer.get("message_id"))
 
     async def set_typing(self, account_id: str, conversation_id: str, on: bool, last_message_id: str | None) -> None:
         await self._send(account_id, {"recipient": {"id": conversation_id},

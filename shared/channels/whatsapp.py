@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import orjson
 
 from shared.channels import graph
-from shared.channels.base import BadPayload, MediaTooLarge, MediaUnavailable, WebhookRequest, download
+from shared.channels.base import (
+    BadPayload, MediaTooLarge, MediaUnavailable, WebhookRequest, download, mapping, objects, text_of,
+)
 from shared.models import InboundMessage
 
 if TYPE_CHECKING:
@@ -65,13 +67,13 @@ def parse(settings: Settings, body: bytes) -> list[InboundMessage]:
     if not isinstance(delivery, dict) or delivery.get("object") != "whatsapp_business_account":
         raise BadPayload("not a whatsapp_business_account delivery")
     messages: list[InboundMessage] = []
-    for entry in _dicts(delivery.get("entry")):
-        for change in _dicts(entry.get("changes")):
+    for entry in objects(delivery.get("entry")):
+        for change in objects(entry.get("changes")):
             value = change.get("value")
             if change.get("field") != "messages" or not isinstance(value, dict):
                 continue
-            business = _text(_mapping(value.get("metadata")).get("phone_number_id"))
-            for message in _dicts(value.get("messages")):
+            business = text_of(mapping(value.get("metadata")).get("phone_number_id"))
+            for message in objects(value.get("messages")):
                 inbound = _message(business, message)
                 if inbound is not None:
                     messages.append(inbound)
@@ -80,8 +82,8 @@ def parse(settings: Settings, body: bytes) -> list[InboundMessage]:
 
 def _message(business: str | None, message: Mapping[str, Any]) -> InboundMessage | None:
     kind = message.get("type")
-    customer = _text(message.get("from")) or _text(message.get("from_user_id"))
-    wamid = _text(message.get("id"))
+    customer = text_of(message.get("from")) or text_of(message.get("from_user_id"))
+    wamid = text_of(message.get("id"))
     if kind in IGNORED_TYPES or not isinstance(kind, str):
         return None
     if not (business and customer and wamid):
@@ -93,47 +95,31 @@ def _message(business: str | None, message: Mapping[str, Any]) -> InboundMessage
 
 def _read(kind: str, message: Mapping[str, Any]) -> tuple[str | None, tuple[dict[str, Any], ...]]:
     """The text and attachments of one message, in the shape every channel stores them."""
-    body = _mapping(message.get(kind))
+    body = mapping(message.get(kind))
     if kind == "text":
-        return _text(body.get("body")), ()
+        return text_of(body.get("body")), ()
     if kind in MEDIA_TYPES:
-        attachment = {"file_type": MEDIA_TYPES[kind], "media_id": _text(body.get("id")),
-                      "content_type": _text(body.get("mime_type")), "file_name": _text(body.get("filename"))}
-        return _text(body.get("caption")), ({k: v for k, v in attachment.items() if v},)
+        attachment = {"file_type": MEDIA_TYPES[kind], "media_id": text_of(body.get("id")),
+                      "content_type": text_of(body.get("mime_type")), "file_name": text_of(body.get("filename"))}
+        return text_of(body.get("caption")), ({k: v for k, v in attachment.items() if v},)
     if kind == "location":
-        place = ", ".join(p for p in (_text(body.get("name")), _text(body.get("address"))) if p)
+        place = ", ".join(p for p in (text_of(body.get("name")), text_of(body.get("address"))) if p)
         return None, ({"file_type": "location", "coordinates_lat": body.get("latitude"),
                        "coordinates_long": body.get("longitude"), "fallback_title": place or None},)
     if kind == "contacts":
         cards = tuple({"file_type": "contact",
-                       "meta": {"firstName": _text(_mapping(c.get("name")).get("formatted_name"))},
-                       "fallback_title": ", ".join(p for p in (_text(_mapping(phone).get("phone"))
-                                                               for phone in _dicts(c.get("phones"))) if p) or None}
-                      for c in _dicts(message.get("contacts")))
+                       "meta": {"firstName": text_of(mapping(c.get("name")).get("formatted_name"))},
+                       "fallback_title": ", ".join(p for p in (text_of(mapping(phone).get("phone"))
+                                                               for phone in objects(c.get("phones"))) if p) or None}
+                      for c in objects(message.get("contacts")))
         return None, cards
     if kind == "interactive":  # a tapped button or list row: its title is what the customer said
         for reply in ("button_reply", "list_reply"):
             if isinstance(body.get(reply), dict):
-                return _text(body[reply].get("title")), ()
+                return text_of(body[reply].get("title")), ()
     if kind == "button":
-        return _text(body.get("text")), ()
+        return text_of(body.get("text")), ()
     return f"[a WhatsApp {kind} message]", ()
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        return None
-    return value.replace("\x00", "").strip() or None  # PostgreSQL's text refuses NUL
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -164,7 +150,7 @@ class WhatsAppClient:
         answer = await self._messages(account_id, {"recipient_type": "individual", "to": conversation_id,
                                                    "type": "text", "text": {"body": content}})
         sent = answer.get("messages")
-        return _text(sent[0].get("id")) if isinstance(sent, list) and sent and isinstance(sent[0], dict) else None
+        return text_of(sent[0].get("id")) if isinstance(sent, list) and sent and isinstance(sent[0], dict) else None
 
     async def mark_read_and_typing(self, phone_number_id: str, wamid: str) -> None:
         await self._messages(phone_number_id, {"status": "read", "message_id": wamid,

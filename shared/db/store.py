@@ -36,6 +36,20 @@ def _single(rows: list[Any], column: str) -> Any:
     return row[column] if isinstance(row, dict) else row
 
 
+def _message_params(message: InboundMessage) -> dict[str, Any]:
+    """A customer's message as ingest_message and store_stale_message take it."""
+    return {
+        "p_channel": message.channel,
+        "p_account_id": message.account_id,
+        "p_conversation_id": message.conversation_id,
+        "p_external_id": message.external_id,
+        "p_content": message.content,
+        "p_attachments": list(message.attachments),
+        "p_sent_at": message.sent_at,
+        "p_inbox_id": message.inbox_id,
+    }
+
+
 class BufferStore:
     def __init__(self, connector: Connector, timing: BufferTiming) -> None:
         self._connector = connector
@@ -45,40 +59,15 @@ class BufferStore:
         await self._connector.close()
 
     async def ingest(self, message: InboundMessage) -> IngestResult:
-        rows = await self._connector.call(
-            "ingest_message",
-            {
-                "p_channel": message.channel,
-                "p_account_id": message.account_id,
-                "p_conversation_id": message.conversation_id,
-                "p_external_id": message.external_id,
-                "p_content": message.content,
-                "p_attachments": list(message.attachments),
-                "p_sent_at": message.sent_at,
-                "p_defaults": self._defaults,
-                "p_inbox_id": message.inbox_id,
-                "p_hold_reason": message.hold_reason,
-                "p_platform_ref": message.platform_ref,
-            },
-        )
+        rows = await self._connector.call("ingest_message", {
+            **_message_params(message), "p_defaults": self._defaults, "p_hold_reason": message.hold_reason,
+            "p_platform_ref": message.platform_ref,
+        })
         return IngestResult.from_row(rows[0])
 
     async def store_stale(self, message: InboundMessage, reason: str) -> IngestResult:
         """A message that arrived long after it was sent: history, never answered."""
-        rows = await self._connector.call(
-            "store_stale_message",
-            {
-                "p_channel": message.channel,
-                "p_account_id": message.account_id,
-                "p_conversation_id": message.conversation_id,
-                "p_external_id": message.external_id,
-                "p_content": message.content,
-                "p_attachments": list(message.attachments),
-                "p_sent_at": message.sent_at,
-                "p_reason": reason,
-                "p_inbox_id": message.inbox_id,
-            },
-        )
+        rows = await self._connector.call("store_stale_message", {**_message_params(message), "p_reason": reason})
         row = rows[0]
         return IngestResult(buffer_id=int(row["buffer_id"]), accepted=bool(row["accepted"]), message_count=1,
                             due_at=None, flush_now=False, others_due=False, settings_error=None, held_reason=reason)
