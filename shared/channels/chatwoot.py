@@ -92,12 +92,6 @@ def verify_token(expected: str, given: str | None) -> None:
 Event = InboundMessage | ConversationSignal | MessageEdit | ReplyEcho | Ignored
 
 
-def configured(settings: Settings) -> bool:
-    """Chatwoot's route is always there: without a secret or token it warns loudly at start and
-    accepts anyone (a developer's machine, the playground)."""
-    return True
-
-
 def verify(settings: Settings, request: WebhookRequest) -> None:
     if settings.chatwoot_webhook_secret:
         verify_signature(settings.chatwoot_webhook_secret, request.headers.get("x-chatwoot-timestamp"),

@@ -39,10 +39,6 @@ MAX_CHARS = {MESSENGER: 2000, INSTAGRAM: 1000}
 FILE_TYPES = {"audio": "audio", "image": "image", "video": "video", "file": "file"}
 
 
-def configured(settings: Settings) -> bool:
-    return bool(settings.meta_verify_token)
-
-
 def handshake(settings: Settings, query: Mapping[str, str]) -> str:
     return graph.handshake(settings.meta_verify_token or "", query)
 

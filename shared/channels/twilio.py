@@ -45,10 +45,6 @@ PERMANENT_ERRORS = {63016: "outside the 24-hour customer-service window", 21610:
 MAX_MEDIA = 10  # Twilio sends at most ten media per message
 
 
-def configured(settings: Settings) -> bool:
-    return bool(settings.twilio_auth_token)
-
-
 def sign(auth_token: str, url: str, params: Sequence[tuple[str, str]]) -> str:
     """The X-Twilio-Signature of a form POST to `url` (tests use it too)."""
     signed = url + "".join(name + value for name, value in sorted(params))

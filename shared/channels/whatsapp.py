@@ -45,10 +45,6 @@ MEDIA_TYPES = {"audio": "audio", "image": "image", "sticker": "image", "video": 
 IGNORED_TYPES = frozenset({"reaction", "system", "unsupported", "request_welcome"})
 
 
-def configured(settings: Settings) -> bool:
-    return bool(settings.whatsapp_verify_token)
-
-
 def handshake(settings: Settings, query: Mapping[str, str]) -> str:
     return graph.handshake(settings.whatsapp_verify_token or "", query)
 
