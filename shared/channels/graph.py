@@ -60,10 +60,15 @@ async def post(http: httpx.AsyncClient, url: str, token: str, body: Mapping[str,
     response = await http.post(url, headers={"Authorization": f"Bearer {token}"}, json=body)
     if response.status_code >= 400:
         error = _error_of(response)
+        said = (f"Graph error {error.get('code')}: {error.get('message') or error.get('title') or ''}".strip()
+                if error else "no Graph error in the answer")
         if error.get("code") in OUTSIDE_WINDOW_CODES or error.get("error_subcode") in OUTSIDE_WINDOW_SUBCODES:
-            raise PermanentSendError(f"outside the 24-hour customer-service window: Graph error {error.get('code')}: "
-                                     f"{error.get('message') or error.get('title') or ''}".strip())
-        response.raise_for_status()
+            raise PermanentSendError(f"outside the 24-hour customer-service window: {said}")
+        import httpx  # the sweeper's path only
+
+        # Meta's own words go with the status into last_error, for the operator.
+        raise httpx.HTTPStatusError(f"HTTP {response.status_code} from the Graph API: {said}",
+                                    request=response.request, response=response)
     try:
         answer = response.json()
     except ValueError:
