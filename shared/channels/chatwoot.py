@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import orjson  # json.loads was a third of the handler's own CPU under load (py-spy)
 
 from shared.channels.base import (  # noqa: F401  (BadSignature... are imported from here too)
-    BadPayload, BadSignature, Ignored, MediaTooLarge, MediaUnavailable, WebhookRequest, read_capped,
+    BadPayload, BadSignature, Ignored, MediaTooLarge, MediaUnavailable, WebhookRequest, mapping, read_capped,
 )
 from shared.models import ConversationSignal, HumanMessage, InboundMessage, MessageEdit, ReplyEcho
 
@@ -133,7 +133,7 @@ def parse_event(body: bytes, answer_statuses: frozenset[str]) -> Event:
 def _message_created(event: Mapping[str, Any], answer_statuses: frozenset[str]) -> Event:
     if event.get("private"):
         return Ignored("private note")
-    if _mapping(event.get("content_attributes")).get("external_echo"):
+    if mapping(event.get("content_attributes")).get("external_echo"):
         return _takeover(event, "the business replied from the phone")
     message_type = event.get("message_type")
     if message_type in ("outgoing", "template"):
@@ -163,10 +163,10 @@ def _wamid(source_id: Any) -> str | None:
 
 
 def _outgoing(event: Mapping[str, Any]) -> Event:
-    attributes = _mapping(event.get("content_attributes"))
+    attributes = mapping(event.get("content_attributes"))
     if REPLY_MARKER in attributes:
         return _echo(event, attributes[REPLY_MARKER])
-    sender_type = _mapping(event.get("sender")).get("type")
+    sender_type = mapping(event.get("sender")).get("type")
     if sender_type == "user":
         return _takeover(event, "a human agent replied")
     return Ignored(f"outgoing message from {sender_type or 'no sender'}")
@@ -175,7 +175,7 @@ def _outgoing(event: Mapping[str, Any]) -> Event:
 def _echo(event: Mapping[str, Any], marker: Any) -> Event:
     """Our own reply, echoed: proof it left (it completes a burst whose worker died after posting)."""
     buffer_id = str(marker).strip() if _is_id(marker) else ""
-    account = _mapping(event.get("account")).get("id")
+    account = mapping(event.get("account")).get("id")
     if not buffer_id.isdecimal() or len(buffer_id) > 18 or not _is_id(account) or not _is_id(event.get("id")):
         return Ignored("our own reply")
     return ReplyEcho(channel=CHANNEL, account_id=str(account).strip(), buffer_id=int(buffer_id),
@@ -251,10 +251,6 @@ def _object(event: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _is_id(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, str)) and str(value).strip() != ""
 
@@ -271,7 +267,7 @@ def _optional_id(value: Any) -> str | None:
 
 
 def _inbox_id(event: Mapping[str, Any], conversation: Mapping[str, Any]) -> str | None:
-    return _optional_id(conversation.get("inbox_id")) or _optional_id(_mapping(event.get("inbox")).get("id"))
+    return _optional_id(conversation.get("inbox_id")) or _optional_id(mapping(event.get("inbox")).get("id"))
 
 
 def _content(value: Any) -> str | None:

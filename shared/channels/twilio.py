@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "twilio"
 MAX_CHARS = 1600
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
+# Every answer, whatever became of the delivery: Twilio reads it as TwiML, and <Response/> says
+# "nothing to send now" (an empty body would be its error 11200). The outcome goes to the log.
+ACKNOWLEDGEMENT = (EMPTY_TWIML, "text/xml")
 # Refusals no retry can change: 63016 outside WhatsApp's 24-hour window, 21610 the customer
 # unsubscribed (texted STOP).
 PERMANENT_ERRORS = {63016: "outside the 24-hour customer-service window", 21610: "the customer unsubscribed (STOP)"}

@@ -158,7 +158,14 @@ def _mount_channel(app: FastAPI, runtime: Runtime, adapter: ModuleType) -> None:
     message, a tenth of the webhook's CPU (docs/benchmarks.md)."""
     settings = runtime.settings
     name = adapter.__name__.rsplit(".", 1)[-1]
-    acknowledge = _twiml if name == "twilio" else _reply
+    # The platform's fixed answer (Twilio's TwiML), or JSON saying what became of the delivery.
+    fixed = getattr(adapter, "ACKNOWLEDGEMENT", None)
+
+    def acknowledge(status_code: int, **answer: Any) -> Response:
+        if fixed is None:
+            return _reply(status_code, **answer)
+        log.debug("%s webhook: %s %s", name, status_code, answer)
+        return Response(fixed[0], status_code=status_code, media_type=fixed[1])
 
     async def webhook(request: Request) -> Response:
         try:
@@ -197,15 +204,6 @@ def _mount_channel(app: FastAPI, runtime: Runtime, adapter: ModuleType) -> None:
                 return _reply(403, error=str(exc))
 
         app.add_route(f"/webhooks/{name}", handshake, methods=["GET"])
-
-
-def _twiml(status_code: int, **body: Any) -> Response:
-    """Twilio reads the answer as TwiML: an empty <Response/> says "nothing to send now" (an empty
-    body would be its error 11200). The outcome goes to the log instead."""
-    log.debug("twilio webhook: %s %s", status_code, body)
-    from shared.channels.twilio import EMPTY_TWIML
-
-    return Response(EMPTY_TWIML, status_code=status_code, media_type="text/xml")
 
 
 async def _store_events(app: FastAPI, runtime: Runtime, events: Sequence[Any]) -> tuple[int, dict[str, Any]]:
